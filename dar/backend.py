@@ -1,0 +1,55 @@
+"""The torch reference as a runtime `Backend`, so it runs through the same scheduler as ORT/TRT."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from runtime.backend import ModelInfo
+from runtime.images import to_uint8
+
+from .checkpoint import Checkpoint
+
+
+class TorchBackend:
+    """Eager PyTorch with a static KV cache; fp32 by default, fp16/bf16 on request."""
+
+    name = "torch"
+
+    def __init__(self, ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+        self.model = ckpt.model.to(device=device, dtype=dtype)
+        # Tables and the frozen codebook stay fp32: rotations and the codebook norm are computed in fp32.
+        self.model.rope_cos, self.model.rope_sin = (t.float() for t in (self.model.rope_cos, self.model.rope_sin))
+        if hasattr(self.model, "tok_codebook"):
+            self.model.tok_codebook = self.model.tok_codebook.float()
+        self.vq = ckpt.vq.to(device=device)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.info = ModelInfo.from_config(ckpt.config.to_dict(), ckpt.image_size)
+        self.caches = None
+        self.modulation = None
+
+    def _t(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
+
+    @torch.no_grad()
+    def prefill(self, class_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray) -> np.ndarray:
+        rows = len(class_ids)
+        self.caches = self.model.new_cache(rows, dtype=self.dtype, device=self.device)
+        write = torch.zeros(rows, dtype=torch.long, device=self.device)
+        logits, self.caches, self.modulation = self.model.prefill(
+            self._t(class_ids)[:, None], self._t(positions), self._t(direction), write, self.caches)
+        return logits[:, -1].float().cpu().numpy()
+
+    @torch.no_grad()
+    def step(self, token_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray,
+             write_index: int) -> np.ndarray:
+        rows = token_ids.shape[0]
+        write = torch.full((rows,), int(write_index), dtype=torch.long, device=self.device)
+        logits, self.caches = self.model.decode(self._t(token_ids), self._t(positions), self._t(direction),
+                                                write, self.caches, self.modulation)
+        return logits[:, -1].float().cpu().numpy()
+
+    @torch.no_grad()
+    def decode_vq(self, grids: np.ndarray) -> np.ndarray:
+        return to_uint8(self.vq.decode_indices(self._t(grids)).float().cpu().numpy())

@@ -1,0 +1,152 @@
+"""Our checkpoint format: a folder with ``config.json``, ``model.safetensors`` and ``vq.safetensors``.
+
+safetensors holds tensors only (no pickle), and config.json holds everything needed to rebuild the
+modules, so a checkpoint loads without running any code from the file. Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from runtime.errors import DartrtError
+
+from .config import ModelConfig, get_preset
+from .importers import load_checked
+from .model import Transformer, build_model
+from .vq import VQ_PRESETS, VQConfig, VQDecoder, build_vq_decoder
+
+FORMAT = "dartrt-checkpoint"
+VERSION = 1
+BUNDLED = Path(__file__).resolve().parent.parent / "models" / "demo"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model: the decoder, its VQ decoder and the image size they produce."""
+
+    model: Transformer
+    vq: VQDecoder
+    image_size: int
+    source: str
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``, so a failure never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(folder: str | Path, model: Transformer, vq: VQDecoder, image_size: int) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "version": VERSION, "image_size": int(image_size),
+            "model": model.cfg.to_dict(), "vq": vq.config.to_dict()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p))
+    vq_tensors = {k: v.detach().contiguous().cpu() for k, v in vq.state_dict().items()}
+    atomic_write(folder / "vq.safetensors", lambda p: save_file(vq_tensors, p))
+    atomic_write(folder / "config.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise DartrtError(f"checkpoint file missing: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise DartrtError(f"cannot read {path}: {exc}") from None
+
+
+def load_checkpoint(folder: str | Path) -> Checkpoint:
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not folder.is_dir():
+        raise DartrtError(f"checkpoint folder not found: {folder}")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise DartrtError(f"checkpoint file missing: {cfg_path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DartrtError(f"cannot parse {cfg_path}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DartrtError(f"{cfg_path} is not a dartrt checkpoint config")
+    if meta.get("version") != VERSION:
+        raise DartrtError(f"{cfg_path}: checkpoint version {meta.get('version')} is not supported (want {VERSION})")
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+        vq_cfg = VQConfig.from_dict(meta["vq"])
+        image_size = int(meta["image_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DartrtError(f"{cfg_path}: bad config ({exc})") from None
+    model = build_model(cfg, "meta")
+    model = model.to_empty(device="cpu")
+    load_checked(model, _read_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
+    model.rope_cos, model.rope_sin = _rope(cfg)
+    vq = build_vq_decoder(vq_cfg, "meta").to_empty(device="cpu")
+    load_checked(vq, _read_tensors(folder / "vq.safetensors"), str(folder / "vq.safetensors"))
+    return Checkpoint(model.eval(), vq.eval(), image_size, str(folder))
+
+
+def _rope(cfg: ModelConfig):
+    from .rope import rope_tables
+
+    return rope_tables(cfg)
+
+
+def vq_config_for(cfg: ModelConfig) -> tuple[VQConfig, int]:
+    """The tokenizer that matches a preset: VQ-16 for the full-size family (256 px), else a tiny VQ."""
+    if cfg.vocab_size == 16384 and cfg.codebook_dim == 8:
+        vq = VQ_PRESETS["VQ-16"]
+    elif cfg.vocab_size == 512 and cfg.grid_size == 16:
+        vq = VQ_PRESETS["VQ-demo"]
+    else:
+        vq = VQConfig(codebook_size=cfg.vocab_size, codebook_dim=cfg.codebook_dim, z_channels=32, ch=16,
+                      ch_mult=(1, 2), num_res_blocks=1, norm_groups=8)
+    return vq, cfg.grid_size * vq.downsample
+
+
+def random_checkpoint(preset: str, seed: int = 0) -> Checkpoint:
+    """A preset with random weights (and a VQ whose codebook is the model's frozen codebook)."""
+    cfg = get_preset(preset)
+    model = build_model(cfg, seed=seed)
+    vq_cfg, image_size = vq_config_for(cfg)
+    torch.manual_seed(seed + 1)
+    vq = build_vq_decoder(vq_cfg).eval()
+    if cfg.token_embedding == "codebook_mlp":
+        with torch.no_grad():
+            model.tok_codebook.copy_(vq.quantize.embedding.weight)
+    return Checkpoint(model, vq, image_size, f"preset {preset} (random weights)")
+
+
+def resolve_source(source: str | None) -> Checkpoint:
+    """SOURCE of the CLI: a checkpoint folder, a preset name (random weights), or None (bundled)."""
+    if source is None:
+        if not (BUNDLED / "config.json").is_file():
+            raise DartrtError(f"the bundled demo model is missing at {BUNDLED}; run `dartrt train-demo`")
+        return load_checkpoint(BUNDLED)
+    if Path(source).exists():
+        return load_checkpoint(source)
+    from .config import PRESETS
+
+    if source in PRESETS:
+        return random_checkpoint(source)
+    raise DartrtError(f"{source!r} is neither a checkpoint folder nor a preset ({', '.join(PRESETS)})")

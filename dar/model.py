@@ -1,0 +1,256 @@
+"""The family's decoder: a Llama-style transformer with a static KV cache.
+
+Parameter names are LlamaGen's (``cls_embedding.embedding_table``, ``layers.{i}.attention.wqkv``, …)
+so its checkpoints load unchanged. DAR adds AdaLN (``adaLN_modulation`` per block, ``final_modulation``,
+``dir_embedding``) and the frozen-codebook embedding (``tok_codebook`` + ``tok_mlp``).
+
+One step function serves prefill, decode and export: it takes the caches [B, H, T_max, D], writes the
+new keys/values at ``write_index`` and attends over all T_max slots under the mask j <= write_index + s.
+While exporting, the cache write becomes ONNX ``TensorScatter`` and the attention ONNX ``Attention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.orders import NUM_DIRECTIONS
+
+from .config import ModelConfig
+from .rope import apply_rope, gather_cos_sin, rope_tables
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32 (LlamaGen's form); ``affine=False`` for DAR's AdaLN-modulated norms."""
+
+    def __init__(self, dim: int, eps: float, affine: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return out * self.weight if self.weight is not None else out
+
+
+def kv_write(cache: torch.Tensor, new: torch.Tensor, write_index: torch.Tensor) -> torch.Tensor:
+    """Write new [B, H, S, D] into cache [B, H, T, D] at slots write_index[b] + s.
+
+    Eager mode writes in place (the reference keeps one static cache). Export emits ONNX
+    ``TensorScatter`` (opset 24), whose output the runtime aliases to the input buffer.
+    """
+    if torch.onnx.is_in_onnx_export():
+        return torch.onnx.ops.symbolic(
+            "TensorScatter", (cache, new, write_index), {"axis": -2, "mode": "linear"},
+            dtype=cache.dtype, shape=cache.shape, version=24,
+        )
+    b, h, s, d = new.shape
+    slots = write_index[:, None] + torch.arange(s, device=new.device)
+    return cache.scatter_(2, slots[:, None, :, None].expand(b, h, s, d), new)
+
+
+def attention_mask(write_index: torch.Tensor, seq: int, t_max: int) -> torch.Tensor:
+    """Bool [B, 1, S, T]: key j is visible to new token s iff j <= write_index[b] + s."""
+    q_pos = write_index[:, None] + torch.arange(seq, device=write_index.device)
+    keys = torch.arange(t_max, device=write_index.device)
+    return (keys[None, None, :] <= q_pos[:, :, None]).unsqueeze(1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.d_model, 3 * cfg.inner_dim, bias=False)
+        self.wo = nn.Linear(cfg.inner_dim, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                write_index: torch.Tensor | None, cache: tuple[torch.Tensor, torch.Tensor] | None):
+        b, s, _ = x.shape
+        q, k, v = self.wqkv(x).view(b, s, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k = kv_write(cache[0], k, write_index)
+            v = kv_write(cache[1], v, write_index)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim))
+        return self.wo(y.transpose(1, 2).reshape(b, s, -1)), (k, v)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.w3 = nn.Linear(cfg.d_model, cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Pre-norm Llama block; with AdaLN the norms are modulated and each branch gated."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.adaln = cfg.adaln
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg)
+        self.attention_norm = RMSNorm(cfg.d_model, cfg.norm_eps, affine=not cfg.adaln)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, affine=not cfg.adaln)
+        if cfg.adaln:
+            self.adaLN_modulation = nn.Linear(cfg.d_model, 6 * cfg.d_model, bias=cfg.adaln_bias)
+
+    def forward(self, x, cos, sin, mask, write_index, cache, mod: torch.Tensor | None):
+        if not self.adaln:
+            a, cache = self.attention(self.attention_norm(x), cos, sin, mask, write_index, cache)
+            h = x + a
+            return h + self.feed_forward(self.ffn_norm(h)), cache
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        a, cache = self.attention(self.attention_norm(x) * (1 + scale1) + shift1, cos, sin, mask,
+                                  write_index, cache)
+        h = x + gate1 * a
+        return h + gate2 * self.feed_forward(self.ffn_norm(h) * (1 + scale2) + shift2), cache
+
+
+class LabelEmbedder(nn.Module):
+    """num_classes + 1 rows; the last is the null class used by CFG (LlamaGen's layout)."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, class_ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(class_ids)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.cls_embedding = LabelEmbedder(cfg.num_classes, d)
+        if cfg.token_embedding == "learned":
+            self.tok_embeddings = nn.Embedding(cfg.vocab_size, d)
+        else:
+            self.register_buffer("tok_codebook", torch.zeros(cfg.vocab_size, cfg.codebook_dim))
+            self.tok_mlp = nn.Sequential(nn.Linear(cfg.codebook_dim, d), nn.SiLU(), nn.Linear(d, d))
+        if cfg.adaln:
+            self.dir_embedding = nn.Embedding(NUM_DIRECTIONS, d)
+            self.final_modulation = nn.Linear(d, 2 * d, bias=cfg.adaln_bias)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(d, cfg.norm_eps, affine=not cfg.adaln)
+        self.output = nn.Linear(d, cfg.vocab_size, bias=False)
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    # ---- embeddings and conditioning -------------------------------------------------------------
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.cfg.token_embedding == "learned":
+            return self.tok_embeddings(ids)
+        vec = F.embedding(ids, self.tok_codebook)
+        if self.cfg.codebook_l2norm:
+            vec = F.normalize(vec, dim=-1)
+        return self.tok_mlp(vec.to(self.tok_mlp[0].weight.dtype))
+
+    @property
+    def modulation_width(self) -> int:
+        return (6 * self.cfg.n_layer + 2) * self.cfg.d_model
+
+    def _modulate(self, cond: torch.Tensor) -> torch.Tensor:
+        """c [..., d] → every layer's (shift, scale, gate)×2 and the final (shift, scale): [..., M]."""
+        c = F.silu(cond)
+        parts = [layer.adaLN_modulation(c) for layer in self.layers] + [self.final_modulation(c)]
+        return torch.cat(parts, dim=-1)
+
+    def modulation_table(self, class_ids: torch.Tensor) -> torch.Tensor:
+        """AdaLN for all 9 directions of each row's class, [B, 9, M]: c_t takes only 9 values per
+        class, so it is computed once per image and gathered by direction at every step (saving W_mod,
+        about half a block's per-token FLOPs and a third of DAR-B's weight reads)."""
+        cond = self.cls_embedding(class_ids)[:, None, :] + self.dir_embedding.weight[None]
+        return self._modulate(cond)
+
+    # ---- the step ----------------------------------------------------------------------------------
+    def forward_step(self, h: torch.Tensor, positions: torch.Tensor, direction: torch.Tensor,
+                     write_index: torch.Tensor, caches: KVCache,
+                     modulation: torch.Tensor | None) -> tuple[torch.Tensor, KVCache]:
+        """h [B, S, d] at indices write_index + s → logits [B, S, V] (fp32) and updated caches."""
+        b, s, _ = h.shape
+        cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions, self.cfg.rope)
+        mask = attention_mask(write_index, s, caches[0][0].shape[2])
+        mod = modulation[:, direction] if self.cfg.adaln else None  # [B, S, M]
+        return self._blocks(h, cos, sin, mask, write_index, caches, mod)
+
+    def _blocks(self, h, cos, sin, mask, write_index, caches, mod):
+        d = self.cfg.d_model
+        new_caches: KVCache = []
+        for i, layer in enumerate(self.layers):
+            layer_mod = mod[..., 6 * d * i: 6 * d * (i + 1)] if mod is not None else None
+            cache = caches[i] if caches is not None else None
+            h, kv = layer(h, cos, sin, mask, write_index, cache, layer_mod)
+            new_caches.append(kv)
+        h = self.norm(h)
+        if mod is not None:
+            shift, scale = mod[..., -2 * d:].chunk(2, dim=-1)
+            h = h * (1 + scale) + shift
+        return self.output(h).float(), new_caches
+
+    def prefill(self, class_ids, positions, direction, write_index, caches):
+        """The class prefix: class_ids [B, P] → (logits, caches, modulation table or None)."""
+        modulation = self.modulation_table(class_ids[:, 0]) if self.cfg.adaln else None
+        h = self.cls_embedding(class_ids)
+        logits, caches = self.forward_step(h, positions, direction, write_index, caches, modulation)
+        return logits, caches, modulation
+
+    def decode(self, token_ids, positions, direction, write_index, caches, modulation):
+        """Image tokens token_ids [B, S] at indices write_index + s → (logits, caches)."""
+        return self.forward_step(self.embed_tokens(token_ids), positions, direction, write_index,
+                                 caches, modulation)
+
+    def new_cache(self, batch: int, dtype: torch.dtype | None = None,
+                  device: torch.device | str | None = None) -> KVCache:
+        """Static per-layer caches [B, H, T_max, D] with T_max = the sequence length."""
+        ref = self.output.weight
+        shape = (batch, self.cfg.n_head, self.cfg.seq_len, self.cfg.head_dim)
+        kw = dict(dtype=dtype or ref.dtype, device=device or ref.device)
+        return [(torch.zeros(shape, **kw), torch.zeros(shape, **kw)) for _ in range(self.cfg.n_layer)]
+
+    # ---- training / reference: one causal pass, no cache ----------------------------------------
+    def forward_full(self, class_ids: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
+                     direction: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, N, V] for the class token plus tokens [B, N-1], in one causal
+        pass with AdaLN computed per token (not gathered): the independent path the cache is checked
+        against, and the training forward."""
+        h = torch.cat([self.cls_embedding(class_ids)[:, None], self.embed_tokens(tokens)], dim=1)
+        n = h.shape[1]
+        cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions[:n], self.cfg.rope)
+        mask = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
+        mod = None
+        if self.cfg.adaln:
+            cond = self.cls_embedding(class_ids)[:, None] + self.dir_embedding(direction[:n])[None]
+            mod = self._modulate(cond)
+        logits, _ = self._blocks(h, cos, sin, mask, None, None, mod)
+        return logits
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", seed: int | None = 0) -> Transformer:
+    """A model with LlamaGen's init (normal std 0.02, zero-free); ``device='meta'`` allocates nothing."""
+    if seed is not None and str(device) != "meta":
+        torch.manual_seed(seed)
+    with torch.device(device):
+        model = Transformer(cfg)
+    if str(device) != "meta":
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if cfg.token_embedding == "codebook_mlp":
+            model.tok_codebook.normal_()
+        model.rope_cos, model.rope_sin = rope_tables(cfg)
+    return model.eval()

@@ -1,0 +1,61 @@
+"""Classifier-free guidance schedules and the logit combination (numpy only)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DartrtError
+
+SCHEDULES = ("constant", "linear", "power-cosine")
+
+
+@dataclass(frozen=True)
+class CFGSchedule:
+    """Guidance weight w_t over the N sampled tokens.
+
+    - constant: w_t = scale (LlamaGen);
+    - linear: from ``start`` to ``scale`` over the steps (D-AR);
+    - power-cosine: w_t = 1 + (scale-1)·½·(1 - cos(π·(t/N)^power)) (DAR).
+    """
+
+    scale: float = 4.0
+    kind: str = "constant"
+    start: float = 1.0
+    power: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise DartrtError(f"unknown cfg schedule {self.kind!r}: use one of {', '.join(SCHEDULES)}")
+        for name in ("scale", "start", "power"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise DartrtError(f"cfg {name} must be a finite number, got {value}")
+        if self.scale < 0 or self.start < 0:
+            raise DartrtError(f"cfg must be >= 0, got {min(self.scale, self.start)}")
+        if self.power <= 0:
+            raise DartrtError(f"cfg power must be > 0, got {self.power}")
+
+    def weight(self, step: int, num_steps: int) -> float:
+        """w for sampled token ``step`` in [0, num_steps); t/N runs from 0 to 1 inclusive, so the
+        schedule hits both of its endpoints."""
+        frac = step / max(num_steps - 1, 1)
+        if self.kind == "constant":
+            return float(self.scale)
+        if self.kind == "linear":
+            return float(self.start + (self.scale - self.start) * frac)
+        return float(1.0 + (self.scale - 1.0) * 0.5 * (1.0 - math.cos(math.pi * frac**self.power)))
+
+    @property
+    def enabled(self) -> bool:
+        """CFG off means w ≡ 1: the null-class rows can be skipped entirely."""
+        return not (self.scale == 1.0 and (self.kind != "linear" or self.start == 1.0))
+
+
+def combine(logits: np.ndarray, weight: float) -> np.ndarray:
+    """[2B, V] (cond rows then null rows) → [B, V]: l_u + w·(l_c − l_u)."""
+    half = logits.shape[0] // 2
+    cond, uncond = logits[:half], logits[half:]
+    return uncond + weight * (cond - uncond)

@@ -1,0 +1,35 @@
+"""High-level generation over any backend: validated settings in, PIL images (and grids) out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .backend import Backend
+from .scheduler import StepCallback, build_request, sample_tokens, tokens_to_grids
+
+
+@dataclass
+class GenerationResult:
+    images: list[Image.Image]
+    class_ids: list[int]
+    grids: np.ndarray  # [n, G, G] int64 token ids on their cells
+    tokens: np.ndarray  # [n, G*G] in scan order
+
+
+def generate_with_backend(backend: Backend, class_ids, *, n_per_class: int = 1, cfg: float | None = None,
+                          cfg_schedule: str | None = None, order=None, seed: int = 0,
+                          temperature: float | None = None, top_k: int | None = None,
+                          top_p: float | None = None, batch_size: int = 8,
+                          on_step: StepCallback | None = None, **schedule_kw) -> GenerationResult:
+    request = build_request(backend, class_ids, n_per_class=n_per_class, cfg=cfg, cfg_schedule=cfg_schedule,
+                            order=order, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                            batch_size=batch_size, **schedule_kw)
+    tokens = sample_tokens(backend, request, on_step)
+    grids = tokens_to_grids(tokens, request, backend.info.grid_size)
+    pixels = np.concatenate([backend.decode_vq(grids[i:i + batch_size])
+                             for i in range(0, len(grids), batch_size)])
+    images = [Image.fromarray(p) for p in pixels]
+    return GenerationResult(images, list(request.class_ids), grids, tokens)

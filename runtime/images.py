@@ -1,0 +1,45 @@
+"""Image conversion and grids (numpy + Pillow)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """Decoder output [B, 3, H, W] in about [-1, 1] → uint8 [B, H, W, 3]: clamp(127.5·x + 128)."""
+    return np.clip(127.5 * np.asarray(x, dtype=np.float32) + 128.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def save_png(image: Image.Image, path: str | Path) -> None:
+    """Write a PNG atomically: a temp file in the same folder, then rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def make_grid(images: np.ndarray, nrow: int, labels: list[str] | None = None, pad: int = 2) -> Image.Image:
+    """Tile uint8 [N, H, W, 3] images into rows of ``nrow``; one label per row, drawn at its left."""
+    n, h, w, _ = images.shape
+    rows = -(-n // nrow)
+    label_w = 0
+    if labels:
+        label_w = 8 + 6 * max(len(s) for s in labels)
+    canvas = Image.new("RGB", (label_w + nrow * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, img in enumerate(images):
+        r, c = divmod(i, nrow)
+        canvas.paste(Image.fromarray(img), (label_w + pad + c * (w + pad), pad + r * (h + pad)))
+    for r, text in enumerate(labels or []):
+        draw.text((4, pad + r * (h + pad) + h // 2 - 5), text, fill=(0, 0, 0))
+    return canvas
