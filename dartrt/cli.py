@@ -41,7 +41,8 @@ def main() -> None:
 def generation_options(fn):
     """The sampling options shared by `generate` and friends (defaults come from the model)."""
     options = [
-        click.option("--class", "-c", "classes", type=int, multiple=True, help="Class id (repeatable). Default: every class."),
+        click.option("--class", "-c", "classes", type=int, multiple=True,
+                     help="Class id (repeatable). Default: every class."),
         click.option("--n", "n_per_class", type=int, default=1, show_default=True, help="Images per class."),
         click.option("--cfg", type=float, default=None, help="CFG scale (model default if unset)."),
         click.option("--cfg-schedule", type=click.Choice(["constant", "linear", "power-cosine"]), default=None),
@@ -147,6 +148,25 @@ def convert_llamagen(gpt_path, vq_path, preset, out):
 
     run(gpt_path, vq_path, preset, out)
     click.echo(f"wrote {out}")
+
+
+@main.command("export")
+@click.argument("source", required=False)
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Package folder to write.")
+@click.option("--opset", type=int, default=24, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing package.")
+@one_line_errors
+def export_cmd(source, out, opset, force):
+    """Export SOURCE (checkpoint folder, preset, or the bundled model) to an ONNX package."""
+    from dar.checkpoint import resolve_source
+    from exporter import export_package
+
+    if Path(out).exists() and not force:
+        raise DartrtError(f"{out} already exists (use --force to overwrite)")
+    ckpt = resolve_source(source)
+    click.echo(f"exporting {ckpt.source} → {out}")
+    report = export_package(ckpt, out, force=force, opset=opset, log=click.echo)
+    click.echo(f"wrote {report.package} in {report.seconds:.1f}s")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ of where token t sits on the grid. Conventions (see dar-spec.md):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -6,8 +6,8 @@ backends is a property of the numbers the backends return, not of two loops that
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

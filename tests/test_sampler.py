@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 
 from runtime.cfg import CFGSchedule, combine
 from runtime.errors import DartrtError
-from runtime.sampler import SamplingConfig, filter_logits, gumbel_noise, image_generators, sample, top_k_mask, top_p_mask
+from runtime.sampler import (
+    SamplingConfig,
+    filter_logits,
+    gumbel_noise,
+    image_generators,
+    sample,
+    top_k_mask,
+    top_p_mask,
+)
 
 
 def brute_top_k(row, k):

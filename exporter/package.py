@@ -1,0 +1,178 @@
+"""`dartrt export`: a checkpoint → a package folder (prefill, decode and VQ graphs + manifest).
+
+The package is built in a temporary sibling folder and renamed into place only when every graph has
+passed its checks, so a failed export never leaves half a package behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dar.checkpoint import Checkpoint
+from runtime.errors import DartrtError
+from runtime.orders import direction_ids, make_order, positions_table
+
+from .graphs import DecodeGraph, PrefillGraph, VQDecoderGraph, cache_names
+from .onnx_export import ExportedGraph, export_graph
+
+DEFAULT_OPSET = 24
+# Above this many weight bytes a graph is written with external data (protobuf stops at 2 GiB).
+EXTERNAL_DATA_BYTES = 1 << 30
+# fp32 ORT against eager torch, per output, on the export check (the parity suite is stricter-reported).
+EXPORT_ATOL = 1e-4
+
+
+@dataclass
+class ExportReport:
+    package: Path
+    graphs: dict[str, ExportedGraph]
+    seconds: float
+
+
+def _producer() -> dict:
+    import onnx
+    import onnxscript
+
+    versions = {"dartrt": "0.1.0", "torch": torch.__version__, "onnx": onnx.__version__,
+                "onnxscript": onnxscript.__version__, "python": platform.python_version()}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _step_args(model, rows: int, seq: int, write: int, seed: int, prefill: bool) -> tuple:
+    """Valid, non-trivial graph inputs: real positions/directions of the model's order, random caches."""
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(seed)
+    order = make_order(cfg.order, cfg.grid_size)
+    pos = torch.from_numpy(positions_table(order, cfg.grid_size, cfg.rope))[write:write + seq]
+    dirs = torch.from_numpy(direction_ids(order))[write:write + seq]
+    shape = (rows, cfg.n_head, cfg.seq_len, cfg.head_dim)
+    past = [torch.randn(shape, generator=g) * 0.5 for _ in range(2 * cfg.n_layer)]
+    write_index = torch.full((rows,), write, dtype=torch.long)
+    classes = torch.randint(0, cfg.num_classes + 1, (rows,), generator=g)
+    if prefill:
+        return (classes[:, None], pos, dirs, write_index, *past)
+    ids = torch.randint(0, cfg.vocab_size, (rows, seq), generator=g)
+    extra = ()
+    if cfg.adaln:
+        with torch.no_grad():
+            extra = (model.modulation_table(classes),)
+    return (ids, pos, dirs, write_index, *extra, *past)
+
+
+def _weight_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def export_decoder_graphs(model, folder: Path, opset: int, check: bool = True) -> dict[str, ExportedGraph]:
+    """prefill.onnx and decode.onnx, with batch (and decode's S) dynamic and T_max static.
+
+    torch.export specialises dims that are 0 or 1 in the example inputs, so the examples use
+    batch 4 and S 3 (prefill's prefix length of 1 is meant to be static)."""
+    cfg = model.cfg
+    n_layer = cfg.n_layer
+    past_in, present_out = cache_names(n_layer, "past_key_values"), cache_names(n_layer, "present")
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    seq = torch.export.Dim("seq", min=1, max=cfg.seq_len)
+    external = _weight_bytes(model) > EXTERNAL_DATA_BYTES
+    cache_dims = tuple({0: batch} for _ in past_in)
+    out: dict[str, ExportedGraph] = {}
+
+    prefill_in = ["input_ids", "positions", "direction", "write_index", *past_in]
+    prefill_out = ["logits", *(["adaln_modulation"] if cfg.adaln else []), *present_out]
+    checks = [_step_args(model, r, 1, 0, seed, prefill=True) for seed, r in enumerate((2, 1, 5))] if check else []
+    out["prefill"] = export_graph(
+        PrefillGraph(model), _step_args(model, 4, 1, 0, 0, prefill=True), folder / "prefill.onnx",
+        prefill_in, prefill_out, ({0: batch}, None, None, {0: batch}, cache_dims), opset, external,
+        checks, EXPORT_ATOL)
+
+    decode_in = ["input_ids", "positions", "direction", "write_index",
+                 *(["adaln_modulation"] if cfg.adaln else []), *past_in]
+    rest = (({0: batch},) if cfg.adaln else ()) + cache_dims
+    checks = [_step_args(model, r, s, w, 10 + i, prefill=False)
+              for i, (r, s, w) in enumerate(((2, 1, 1), (1, 1, cfg.seq_len - 1), (3, 4, 7)))] if check else []
+    out["decode"] = export_graph(
+        DecodeGraph(model), _step_args(model, 4, 3, 5, 1, prefill=False), folder / "decode.onnx",
+        decode_in, ["logits", *present_out], ({0: batch, 1: seq}, {0: seq}, {0: seq}, {0: batch}, rest),
+        opset, external, checks, EXPORT_ATOL)
+    return out
+
+
+def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, opset: int = DEFAULT_OPSET,
+                   check: bool = True, log=print) -> ExportReport:
+    """Export ``ckpt`` to the package folder ``out`` (atomic; refuses to overwrite without force)."""
+    from runtime.manifest import write_manifest
+
+    out = Path(out)
+    if out.exists() and not force:
+        raise DartrtError(f"{out} already exists (use --force to overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    model = ckpt.model.float().eval()
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o755)
+    try:
+        graphs = export_decoder_graphs(model, tmp, opset, check)
+        for name, g in graphs.items():
+            log(f"  {name}: exported in {g.seconds:.1f}s, onnxruntime vs torch max-abs {g.max_abs_err:.2e}")
+        graphs["vq_decoder"] = export_vq(ckpt, tmp, opset, check)
+        log(f"  vq_decoder: exported in {graphs['vq_decoder'].seconds:.1f}s, "
+            f"max-abs {graphs['vq_decoder'].max_abs_err:.2e}")
+        cfg = model.cfg
+        manifest = {
+            "model": cfg.to_dict(), "vq": ckpt.vq.config.to_dict(), "image_size": ckpt.image_size,
+            "opset": opset, "precision": "fp32",
+            "kv_cache": {"layers": cfg.n_layer, "heads": cfg.n_head, "head_dim": cfg.head_dim,
+                         "max_len": cfg.seq_len, "dtype": "float32",
+                         "update": "in place: bind present.{i}.* to the buffer of past_key_values.{i}.*"},
+            "adaln_modulation": {"width": model.modulation_width} if cfg.adaln else None,
+            "graphs": {name: {"file": g.path.name, "inputs": g.inputs, "outputs": g.outputs}
+                       for name, g in graphs.items()},
+            "export_check": {name: {"max_abs_err": g.max_abs_err, "atol": EXPORT_ATOL if name != "vq_decoder"
+                                    else VQ_ATOL} for name, g in graphs.items()},
+            "source": ckpt.source,
+            "producer": _producer(),
+            "engines": {},
+        }
+        write_manifest(tmp, manifest)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{time.time_ns()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportReport(out, graphs, time.perf_counter() - start)
+
+
+VQ_ATOL = 1e-3
+
+
+def export_vq(ckpt: Checkpoint, folder: Path, opset: int, check: bool = True) -> ExportedGraph:
+    vq = copy.deepcopy(ckpt.vq).float().eval().prenormalize_()
+    g = ckpt.config.grid_size
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    gen = torch.Generator().manual_seed(0)
+    n_codes = vq.quantize.embedding.weight.shape[0]
+    example = torch.randint(0, n_codes, (2, g, g), generator=gen)
+    checks = [(torch.randint(0, n_codes, (b, g, g), generator=gen),) for b in (1, 3)] if check else []
+    # Image outputs are ~[-1, 1] after ~20 conv layers; fp32 reassociation gives ~1e-5 differences.
+    return export_graph(VQDecoderGraph(vq), (example,), folder / "vq_decoder.onnx", ["token_grid"], ["image"],
+                        ({0: batch},), opset, _weight_bytes(vq) > EXTERNAL_DATA_BYTES, checks, VQ_ATOL)
+
