@@ -135,8 +135,8 @@ PRESETS: dict[str, ModelConfig] = {
                            num_classes=10, grid_size=8, rope="1d", token_embedding="learned", adaln=False,
                            order="raster"),
     # The bundled demo's architecture (trained weights live in models/demo).
-    "DAR-demo": ModelConfig(name="DAR-demo", n_layer=6, d_model=256, n_head=8, vocab_size=512,
-                            num_classes=10, grid_size=16, codebook_dim=8),
+    "DAR-demo": ModelConfig(name="DAR-demo", n_layer=6, d_model=192, n_head=6, vocab_size=512,
+                            num_classes=10, grid_size=16, codebook_dim=8, ffn_multiple_of=64),
 }
 PRESETS["GPT-XL"].default_cfg = 1.75
 PRESETS["GPT-XXL"].default_cfg = 1.75

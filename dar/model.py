@@ -187,16 +187,17 @@ class Transformer(nn.Module):
         return self._blocks(h, cos, sin, mask, write_index, caches, mod)
 
     def _blocks(self, h, cos, sin, mask, write_index, caches, mod):
-        d = self.cfg.d_model
+        d, n_layer = self.cfg.d_model, self.cfg.n_layer
+        # split (not slicing) keeps the backward a single concat instead of one zero-filled grad per layer.
+        mods = mod.split([6 * d] * n_layer + [2 * d], dim=-1) if mod is not None else [None] * (n_layer + 1)
         new_caches: KVCache = []
         for i, layer in enumerate(self.layers):
-            layer_mod = mod[..., 6 * d * i: 6 * d * (i + 1)] if mod is not None else None
             cache = caches[i] if caches is not None else None
-            h, kv = layer(h, cos, sin, mask, write_index, cache, layer_mod)
+            h, kv = layer(h, cos, sin, mask, write_index, cache, mods[i])
             new_caches.append(kv)
         h = self.norm(h)
         if mod is not None:
-            shift, scale = mod[..., -2 * d:].chunk(2, dim=-1)
+            shift, scale = mods[-1].chunk(2, dim=-1)
             h = h * (1 + scale) + shift
         return self.output(h).float(), new_caches
 
@@ -222,16 +223,20 @@ class Transformer(nn.Module):
 
     # ---- training / reference: one causal pass, no cache ----------------------------------------
     def forward_full(self, class_ids: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
-                     direction: torch.Tensor) -> torch.Tensor:
+                     direction: torch.Tensor, gather_modulation: bool = False) -> torch.Tensor:
         """Teacher-forced logits [B, N, V] for the class token plus tokens [B, N-1], in one causal
-        pass with AdaLN computed per token (not gathered): the independent path the cache is checked
-        against, and the training forward."""
+        pass. By default AdaLN is computed per token (not gathered): the independent path the cache is
+        checked against. Training gathers it from the 9-row table, which is a third fewer FLOPs."""
         h = torch.cat([self.cls_embedding(class_ids)[:, None], self.embed_tokens(tokens)], dim=1)
         n = h.shape[1]
         cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions[:n], self.cfg.rope)
         mask = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
         mod = None
-        if self.cfg.adaln:
+        if self.cfg.adaln and gather_modulation:
+            # A one-hot matmul, not an index: its backward is a matmul instead of a scatter-add.
+            onehot = F.one_hot(direction[:n], NUM_DIRECTIONS).to(h.dtype)
+            mod = torch.einsum("sk,bkm->bsm", onehot, self.modulation_table(class_ids))
+        elif self.cfg.adaln:
             cond = self.cls_embedding(class_ids)[:, None] + self.dir_embedding(direction[:n])[None]
             mod = self._modulate(cond)
         logits, _ = self._blocks(h, cos, sin, mask, None, None, mod)

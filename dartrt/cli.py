@@ -84,7 +84,7 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
     nothing for the bundled demo model. Writes one PNG per image and a labelled grid.png."""
     from tqdm import tqdm
 
-    from runtime.generate import generate_with_backend
+    from runtime.pipeline import generate_with_backend
     from runtime.images import make_grid, save_png
 
     engine = open_backend(source, backend, dtype)
@@ -167,6 +167,55 @@ def export_cmd(source, out, opset, force):
     click.echo(f"exporting {ckpt.source} → {out}")
     report = export_package(ckpt, out, force=force, opset=opset, log=click.echo)
     click.echo(f"wrote {report.package} in {report.seconds:.1f}s")
+
+
+@main.command("train-demo")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="models/demo", show_default=True)
+@click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny step counts; not a usable model).")
+@click.option("--eval/--no-eval", "run_eval", default=True, show_default=True,
+              help="Measure image quality afterwards and write metrics.json.")
+@one_line_errors
+def train_demo_cmd(out, quick, run_eval):
+    """Retrain the bundled demo (classifier, VQ tokenizer, DAR) from scratch, seeded, on the CPU."""
+    from dar.demo.train import QUICK, DemoRecipe, train_demo
+
+    report = train_demo(out, QUICK if quick else DemoRecipe(), log=click.echo)
+    click.echo(f"trained in {report['timings_seconds']['total']:.0f}s: {report['timings_seconds']}")
+    if run_eval:
+        _eval_demo(out, n_per_class=2 if quick else 50, seed=0, backend="torch", write=True)
+
+
+@main.command("eval-demo")
+@click.argument("source", required=False)
+@click.option("--n", "n_per_class", type=int, default=50, show_default=True, help="Images per class.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--write", is_flag=True, help="Store the result as SOURCE's metrics.json (checkpoints only).")
+@one_line_errors
+def eval_demo_cmd(source, n_per_class, seed, backend, write):
+    """Class accuracy and Fréchet distance of generated demo images, at CFG 1.0 and the default CFG."""
+    _eval_demo(source, n_per_class, seed, backend, write)
+
+
+def _eval_demo(source, n_per_class: int, seed: int, backend: str, write: bool) -> None:
+    import json
+
+    from dar.checkpoint import BUNDLED, atomic_write
+    from dar.demo.evaluate import evaluate_backend
+
+    if n_per_class < 1:
+        raise DartrtError(f"--n must be >= 1, got {n_per_class}")
+    engine = open_backend(source, backend)
+    folder = Path(source) if source else BUNDLED
+    classifier_dir = folder if (folder / "classifier.json").is_file() else BUNDLED
+    report = evaluate_backend(engine, classifier_dir, n_per_class=n_per_class, seed=seed)
+    click.echo(f"real held-out images: Fréchet distance {report['real_heldout_frechet_distance']:.3f}")
+    for cfg, row in report["by_cfg"].items():
+        click.echo(f"cfg {cfg:>4}: class accuracy {row['class_accuracy']:.3f}, Fréchet distance "
+                   f"{row['frechet_distance']:.3f} ({row['fd_ratio_to_real']:.2f}x real), {row['seconds']:.0f}s")
+    if write:
+        atomic_write(folder / "metrics.json", lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
+        click.echo(f"wrote {folder / 'metrics.json'}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,13 @@
 
 Scan orders, direction ids, CFG schedules and the sampler live here once; the torch reference imports
 them, so the reference and every backend share one definition.
+
+``runtime.generate(package, class_ids, ...)`` is the production entry point. onnxruntime is imported
+only when a package is opened, so ``import runtime`` stays light (numpy and Pillow).
 """
 
+from .api import generate
 from .errors import DartrtError
+from .package import Package, open_package_backend
 
-__all__ = ["DartrtError"]
+__all__ = ["DartrtError", "Package", "generate", "open_package_backend"]

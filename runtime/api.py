@@ -1,0 +1,41 @@
+"""`runtime.generate`: class ids in, PIL images out, from a package path or an opened backend.
+
+Production scripts call this one function. It opens (and verifies) a package on every call when
+given a path; pass the Backend from `open_package_backend` instead to load the graphs once.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .backend import Backend
+from .errors import DartrtError
+from .pipeline import generate_with_backend
+from .package import open_package_backend
+from .scheduler import StepCallback
+
+
+def _is_backend(obj) -> bool:
+    return all(hasattr(obj, attr) for attr in ("info", "prefill", "step", "decode_vq"))
+
+
+def generate(package, class_ids, *, n_per_class: int = 1, cfg: float | None = None,
+             cfg_schedule: str | None = None, order=None, seed: int = 0, temperature: float | None = None,
+             top_k: int | None = None, top_p: float | None = None, batch_size: int = 8,
+             backend: str = "auto", on_step: StepCallback | None = None, return_grids: bool = False):
+    """Generate ``n_per_class`` images for each class id; unset settings take the model's defaults.
+
+    ``package``: a package folder (str/PathLike) or an already opened Backend. Returns the list of PIL
+    images (class-major: every image of class_ids[0] first), or ``(images, grids [n, G, G] int64)``
+    with ``return_grids``. The same seed gives the same images on every backend and batch size.
+    """
+    if _is_backend(package):
+        engine: Backend = package
+    elif isinstance(package, (str, os.PathLike)):
+        engine = open_package_backend(os.fspath(package), backend)
+    else:
+        raise DartrtError(f"package must be a package folder or a Backend, got {type(package).__name__}")
+    result = generate_with_backend(
+        engine, class_ids, n_per_class=n_per_class, cfg=cfg, cfg_schedule=cfg_schedule, order=order, seed=seed,
+        temperature=temperature, top_k=top_k, top_p=top_p, batch_size=batch_size, on_step=on_step)
+    return (result.images, result.grids) if return_grids else result.images

@@ -1,0 +1,201 @@
+"""The package manifest: write it with every file's hash, read it back only if every file checks out.
+
+A package is copied between machines and edited by later steps (graph passes, engine builds), so the
+runtime trusts nothing it has not hashed: each file the manifest lists must exist with the recorded
+size and sha256, and each graph must point at a listed file. Every failure is one `DartrtError` line
+that names the file, so a user sees which file to re-export instead of an ONNX parse error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .backend import ModelInfo
+from .errors import DartrtError
+
+FORMAT = "dartrt-package"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GRAPH_NAMES = ("prefill", "decode", "vq_decoder")
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks so multi-GB external data never sits in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_hidden(rel: Path) -> bool:
+    """Temp files (ours and the exporters' ``.name.tmp``) start with '.', in any folder level."""
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def package_files(pkg_dir: str | Path) -> list[str]:
+    """Every file of the package except manifest.json and hidden temp files, as sorted posix paths."""
+    root = Path(pkg_dir)
+    out = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if path.is_file() and rel.as_posix() != MANIFEST_NAME and not _is_hidden(rel):
+            out.append(rel.as_posix())
+    return sorted(out)
+
+
+def write_manifest(pkg_dir: str | Path, manifest: dict) -> dict:
+    """Stamp format/version, hash every file into ``files``, and write manifest.json atomically.
+
+    Returns the dict written. The caller's dict is not modified.
+    """
+    root = Path(pkg_dir)
+    if not root.is_dir():
+        raise DartrtError(f"package folder not found: {root}")
+    data = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    data.update({k: v for k, v in manifest.items() if k not in ("format", "format_version", "files")})
+    data["files"] = {rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+                     for rel in package_files(root)}
+    data.setdefault("engines", {})
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a package is meant to be shared
+        os.replace(tmp, root / MANIFEST_NAME)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return data
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DartrtError(f"{path} is missing: not an exported dartrt package (run `dartrt export`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DartrtError(f"{path} is not valid JSON ({exc}); the manifest is damaged, re-export the package") from None
+    if not isinstance(data, dict):
+        raise DartrtError(f"{path} is not a dartrt package manifest (top level is not an object)")
+    return data
+
+
+def _check_header(path: Path, data: dict) -> None:
+    if data.get("format") != FORMAT:
+        raise DartrtError(f"{path} is not a dartrt package manifest (format {data.get('format')!r}, want {FORMAT!r})")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DartrtError(f"{path}: package format_version {version!r} is not supported "
+                          f"(this dartrt reads version {FORMAT_VERSION}); re-export with this dartrt")
+    for key in ("model", "graphs", "files", "image_size"):
+        if key not in data:
+            raise DartrtError(f"{path} has no {key!r} entry; the manifest is incomplete, re-export the package")
+
+
+def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
+    if not isinstance(files, dict):
+        raise DartrtError(f"{root / MANIFEST_NAME}: 'files' must be an object of name -> {{sha256, bytes}}")
+    for rel, meta in files.items():
+        path = root / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise DartrtError(f"{root / MANIFEST_NAME} lists {rel!r}, which is outside the package folder")
+        if not path.is_file():
+            raise DartrtError(f"package file missing: {path} (listed in the manifest)")
+        try:
+            want_size, want_hash = int(meta["bytes"]), str(meta["sha256"])
+        except (KeyError, TypeError, ValueError):
+            raise DartrtError(f"{root / MANIFEST_NAME}: entry for {rel} needs 'sha256' and 'bytes'") from None
+        size = path.stat().st_size
+        if size != want_size:
+            what = "truncated" if size < want_size else "larger than recorded"
+            raise DartrtError(f"package file {path} is {what} ({size} bytes, manifest says {want_size}); "
+                              "re-export the package")
+        if verify_hashes and sha256_file(path) != want_hash:
+            raise DartrtError(f"package file {path} is corrupt or was modified (sha256 mismatch)")
+
+
+def _check_graphs(root: Path, graphs: dict, files: dict) -> None:
+    if not isinstance(graphs, dict):
+        raise DartrtError(f"{root / MANIFEST_NAME}: 'graphs' must be an object")
+    for name, graph in graphs.items():
+        file = graph.get("file") if isinstance(graph, dict) else None
+        if not file:
+            raise DartrtError(f"{root / MANIFEST_NAME}: graph {name!r} names no file")
+        if file not in files:
+            raise DartrtError(f"{root / MANIFEST_NAME}: graph {name!r} file {file} is not listed in 'files'")
+
+
+def load_manifest(pkg_dir: str | Path, verify_hashes: bool = True) -> dict:
+    """Read and check a package's manifest; sizes always, sha256 when ``verify_hashes``."""
+    root = Path(pkg_dir)
+    if not root.is_dir():
+        raise DartrtError(f"package folder not found: {root}")
+    path = root / MANIFEST_NAME
+    data = _read_json(path)
+    _check_header(path, data)
+    _check_files(root, data["files"], verify_hashes)
+    _check_graphs(root, data["graphs"], data["files"])
+    return data
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of the package: its file and the I/O names/dtypes/shapes the exporter recorded."""
+
+    name: str
+    path: Path
+    inputs: tuple[dict, ...]
+    outputs: tuple[dict, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(io["name"] for io in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(io["name"] for io in self.outputs)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A typed view of a checked manifest dict (the dict stays the source of truth)."""
+
+    root: Path
+    data: dict
+
+    @classmethod
+    def load(cls, pkg_dir: str | Path, verify_hashes: bool = True) -> "Manifest":
+        return cls(Path(pkg_dir), load_manifest(pkg_dir, verify_hashes))
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo.from_config(self.data["model"], int(self.data["image_size"]))
+
+    @property
+    def precision(self) -> str:
+        return str(self.data.get("precision", "fp32"))
+
+    @property
+    def kv_cache(self) -> dict:
+        return dict(self.data.get("kv_cache") or {})
+
+    @property
+    def adaln_width(self) -> int | None:
+        mod = self.data.get("adaln_modulation")
+        return int(mod["width"]) if mod else None
+
+    def graph(self, name: str) -> GraphSpec:
+        graphs = self.data["graphs"]
+        if name not in graphs:
+            raise DartrtError(f"{self.root / MANIFEST_NAME} has no {name!r} graph "
+                              f"(it has {', '.join(graphs) or 'none'}); re-export the package")
+        g = graphs[name]
+        return GraphSpec(name, self.root / g["file"], tuple(g.get("inputs", ())), tuple(g.get("outputs", ())))

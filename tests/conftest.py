@@ -1,0 +1,26 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+# ---- exported packages (runtime tests: manifest, onnxruntime backend, no-torch) ----------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_dar_package(tmp_path_factory):
+    """tiny-dar (random weights, seed 0) exported once per session; compare against
+    `random_checkpoint("tiny-dar")`, which rebuilds the same weights. The export's own ORT check is
+    skipped here (the runtime tests compare ORT to torch themselves); about 15 s on one CPU core."""
+    torch = pytest.importorskip("torch")
+    from dar.checkpoint import random_checkpoint
+    from exporter import export_package
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("packages") / "tiny-dar"
+        export_package(random_checkpoint("tiny-dar"), out, check=False, log=lambda *a, **k: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out
