@@ -29,11 +29,11 @@ class DemoRecipe:
     seed: int = 0
     classifier_steps: int = 1200
     classifier_batch: int = 64
-    vq_steps: int = 1500
-    vq_batch: int = 32
-    vq_lr: float = 2e-3
+    vq_steps: int = 1300
+    vq_batch: int = 16
+    vq_lr: float = 2e-4
     train_images: int = 30000  # distinct images tokenised for the DAR
-    dar: TrainDAROptions = field(default_factory=lambda: TrainDAROptions(steps=1600, batch_size=32))
+    dar: TrainDAROptions = field(default_factory=lambda: TrainDAROptions(steps=1200, batch_size=32, lr=1.5e-3))
     threads: int = 2
 
 

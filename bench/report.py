@@ -1,0 +1,144 @@
+"""The bench report as a table for people and as JSON for machines (written atomically)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+ROWS = (  # (timing key, label, divide by tokens per image)
+    ("prefill", "prefill", False),
+    ("prefill_graph", "prefill (graph only)", False),
+    ("step", "decode step", False),
+    ("step_graph", "decode step (graph only)", False),
+    ("image", "whole image batch", False),
+    ("image", "  per token", True),
+    ("vq_decode", "VQ decode", False),
+)
+LABEL_W, CELL_W = 26, 30
+
+
+def fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "n/a"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} µs"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_x(value: float) -> str:
+    return f"{value:.1f}x" if math.isfinite(value) else "n/a"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def fmt_stats(stats: dict, scale: float = 1.0) -> str:
+    """median [p10–p90]"""
+    return (f"{fmt_time(stats['median_s'] / scale)} [{fmt_time(stats['p10_s'] / scale)}–"
+            f"{fmt_time(stats['p90_s'] / scale)}]")
+
+
+def _row(label: str, cells: list[str], last: str = "") -> str:
+    return f"{label:<{LABEL_W}}" + "".join(f"{c:<{CELL_W}}" for c in cells) + last
+
+
+def _batch_table(b: dict, labels: list[str]) -> list[str]:
+    cfg = f"{b['rows']} rows with CFG" if b["cfg"] else f"{b['rows']} rows, no CFG"
+    lines = [f"batch {b['batch']} ({cfg}), {b['tokens_per_image']} tokens per image, "
+             f"step timed at write index {b['write_index']}"]
+    speed = b.get("speedup")
+    lines.append(_row("", labels, "torch/ort" if speed else ""))
+    for key, label, per_token in ROWS:
+        scale = b["tokens_per_image"] if per_token else 1.0
+        cells = [fmt_stats(b["timings"][key][lab], scale) for lab in labels]
+        lines.append(_row(label, cells, f"{speed[key]:.2f}x" if speed else ""))
+    roof = b["roofline"]
+    step = roof["step"]
+    lines.append(_row("floor per step", [f"{fmt_time(roof['step_floor_s'])} ({fmt_bytes(step['total'])} "
+                                         f"@ {roof['bandwidth_gbps']:.1f} GB/s)"]))
+    d = b["derived"]
+    lines.append(_row("step (graph) / floor", [fmt_x(d[lab]["step_graph_vs_floor"]) for lab in labels]))
+    lines.append(_row("image / floor", [fmt_x(d[lab]["image_vs_floor"]) for lab in labels]))
+    lines.append(_row("outside the graph", [f"{d[lab]['outside_graph_share']:.0%} (bind {d[lab]['binding_share']:.0%}, "
+                                            f"sample {d[lab]['sampling_share']:.0%})" for lab in labels]))
+    lines.append(f"  bytes per step: weights {fmt_bytes(step['weights'])}, lookups {fmt_bytes(step['lookups'])}, "
+                 f"modulation {fmt_bytes(step['modulation'])}, KV {fmt_bytes(step['kv'])} "
+                 f"(the masked attention reads all {fmt_bytes(roof['step_kv_full_cache'])})")
+    return lines
+
+
+def _accelerator_table(acc: dict) -> list[str]:
+    bw = acc["bandwidth"]
+    lines = [f"{acc['device']} ({acc['name']}): torch eager vs CUDA graph, one decode step; "
+             f"HBM {bw['gbps']:.0f} GB/s (device copy, best of {bw['passes']})"]
+    labels = acc["backends"]
+    lines.append(_row("", labels, "graph speed-up"))
+    for b in acc["batches"]:
+        cells = [f"{fmt_stats(b['timings']['step_graph'][lab])} {fmt_x(b['vs_floor'][lab])} floor" for lab in labels]
+        lines.append(_row(f"batch {b['batch']} ({b['rows']} rows)", cells, f"{b['cuda_graph_speedup']:.2f}x"))
+        lines.append(f"  floor {fmt_time(b['step_floor_s'])}; graph vs eager logits max-abs "
+                     f"{b['cuda_graph_check_max_abs']:.1e}")
+    return lines
+
+
+def format_table(report: dict) -> str:
+    m, s, bw = report["machine"], report["settings"], report["bandwidth"]
+    labels = report["backends"]
+    before, after = bw["before"], bw["after"]
+    lines = [
+        f"dartrt bench: {report['model']} ({report['precision']}), {' vs '.join(labels)}; {s['threads']} threads, "
+        f"{s['repeats']} repeats interleaved after {s['warmup']} warm-up (short calls in ~{s['burst_s'] * 1e3:g} ms "
+        "bursts); median [p10–p90]",
+        f"memory bandwidth {before['gbps']:.1f} GB/s ({before['method']}, {before['bytes'] >> 20} MiB, best of "
+        f"{before['passes']}, {before['threads']} thread(s)); after the timings {after['gbps']:.1f} GB/s",
+        f"load average {m['load_avg_before'][0]:.2f} before, {m['load_avg_after'][0]:.2f} after, "
+        f"on {m['usable_cpus']} CPUs" + (": LOADED MACHINE, do not publish these figures" if m["loaded"] else ""),
+    ]
+    if before.get("note"):
+        lines.append(f"note: {before['note']}")
+    ref = report.get("reference")
+    if ref:
+        same = "same model" if ref["same_model"] else "NOT THE SAME MODEL: the comparison is meaningless"
+        lines.append(f"reference: {ref['source']}; logits max-abs vs onnxruntime {ref['max_abs_logits']:.1e} ({same})")
+    for b in report["batches"]:
+        lines += ["", *_batch_table(b, labels)]
+    if report.get("accelerator"):
+        lines += ["", *_accelerator_table(report["accelerator"])]
+    return "\n".join(lines)
+
+
+def strict_json(value):
+    """NaN/inf (an unknown bandwidth, an empty spread) become null: strict JSON parsers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temp file in the same folder, then rename: a reader never sees half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(strict_json(data), fh, indent=2, allow_nan=False)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

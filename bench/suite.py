@@ -1,0 +1,407 @@
+"""`run_bench`: the torch reference and onnxruntime, timed in one run, interleaved, on one model.
+
+What is timed, per batch size (rows doubled with CFG):
+- prefill, and one decode step at a mid-sequence write index with a cache really filled by the
+  model up to there; each twice: through the `Backend` call and as the graph alone;
+- the whole image (`sample_tokens`: every step, CFG combine, sampling), and the VQ decode.
+The decode graphs attend over all T_max slots under a mask, so a step costs the same at every write
+index: the mid-sequence step stands for all of them.
+
+"Outside the graph" = (whole-image time - graph time of its calls) / whole-image time, where the
+graph time is prefill-graph + (N-1) × step-graph, N the tokens per image. It splits into binding (the
+`Backend` call minus its graph: host copies, IOBinding) and the rest (sampling, CFG combine, the
+scheduler loop).
+
+Each figure sits next to the bandwidth floor (`bench.roofline`) with the bandwidth measured in the same
+run (`bench.bandwidth`), before and after the timings. On a machine with CUDA, the torch reference is
+also timed on the GPU, eager and replayed from a CUDA graph (`bench.cuda_graph`), next to the HBM floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import DartrtError
+from runtime.orders import direction_ids, make_order, positions_table
+from runtime.package import Package
+from runtime.scheduler import build_request, sample_tokens
+
+from .bandwidth import DEFAULT_BYTES, Bandwidth, cuda_copy_bandwidth, host_read_bandwidth
+from .report import format_table, write_json_atomic
+from .roofline import Roofline, floor_seconds
+from .sides import OrtGraphCalls, Side, TorchGraphCalls
+from .timing import Stats, time_interleaved
+
+SCHEMA = "dartrt-bench/1"
+DEVICES = ("cpu", "cuda")
+PRESET_SOURCE = re.compile(r"^preset (?P<name>\S+) \(random weights\)$")
+SAME_MODEL_ATOL = 1e-3
+BURST_S = 2e-3  # short calls run in back-to-back bursts of about this long (see bench.timing)
+LOADED_PER_CPU = 0.25  # load average per usable CPU above which figures are not publishable
+Log = Callable[[str], None]
+
+
+# ---- the reference model ------------------------------------------------------------------------------
+def reference_checkpoint(manifest: dict, source: str | None):
+    """The torch model the package was exported from: ``source``, else the manifest's ``source``
+    (a checkpoint folder, or ``preset NAME (random weights)`` rebuilt with seed 0)."""
+    from dar.checkpoint import random_checkpoint, resolve_source
+
+    wanted = source if source is not None else manifest.get("source")
+    if not wanted:
+        raise DartrtError("the package records no source model; pass --source CHECKPOINT or --no-torch")
+    match = PRESET_SOURCE.match(str(wanted))
+    if match:
+        ckpt = random_checkpoint(match["name"], seed=0)
+    elif source is None and not Path(wanted).exists():
+        raise DartrtError(f"the package's source {wanted!r} is not on this machine; "
+                          "pass --source CHECKPOINT or --no-torch")
+    else:
+        ckpt = resolve_source(str(wanted))
+    have = json.loads(json.dumps(ckpt.config.to_dict()))
+    want = manifest.get("model", {})
+    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    if diff:
+        raise DartrtError(f"the reference {ckpt.source} is not the package's model (config differs in "
+                          f"{', '.join(diff[:4])}); pass the right --source or --no-torch")
+    return ckpt
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Give torch the same intra-op thread count as onnxruntime, and restore it afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def _stats(timings: dict[str, Stats]) -> dict[str, dict]:
+    return {k: v.to_dict() for k, v in timings.items()}
+
+
+def _split(timings: dict[str, Stats], sides: list[Side]) -> tuple[dict[str, Stats], dict[str, Stats]]:
+    """{label/api, label/graph} → ({label: api}, {label: graph})."""
+    return ({s.label: timings[f"{s.label}/api"] for s in sides}, {s.label: timings[f"{s.label}/graph"] for s in sides})
+
+
+class Inputs:
+    """The numpy step inputs of one batch: rows (CFG doubled), positions, directions, filler tokens."""
+
+    def __init__(self, info, batch: int, cfg: bool, seed: int = 0) -> None:
+        order = make_order(info.order, info.grid_size)
+        self.positions = positions_table(order, info.grid_size, info.rope)
+        self.directions = direction_ids(order)
+        self.classes = np.arange(batch, dtype=np.int64) % info.num_classes
+        self.rows = (np.concatenate([self.classes, np.full_like(self.classes, info.num_classes)])
+                     if cfg else self.classes)
+        rng = np.random.default_rng(seed)
+        tokens = rng.integers(0, info.vocab_size, (batch, info.seq_len))
+        self.tokens = np.concatenate([tokens, tokens]) if cfg else tokens  # CFG feeds both halves alike
+        self.grids = rng.integers(0, info.vocab_size, (batch, info.grid_size, info.grid_size))
+
+    def step_args(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Inputs of the decode call at write index t: the token sampled at t - 1."""
+        return self.tokens[:, t - 1:t], self.positions[t:t + 1], self.directions[t:t + 1], t
+
+    def prefill_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.rows, self.positions[:1], self.directions[:1]
+
+
+def _fill(backend, inputs: Inputs, write_index: int) -> np.ndarray:
+    """Prefill, then run the model up to ``write_index`` - 1 so the cache holds real keys/values."""
+    backend.prefill(*inputs.prefill_args())
+    for t in range(1, write_index):
+        backend.step(*inputs.step_args(t))
+    return backend.step(*inputs.step_args(write_index))
+
+
+# ---- one batch size -----------------------------------------------------------------------------------
+def bench_batch(sides: list[Side], roofline: Roofline, info, batch: int, cfg_scale: float | None,
+                repeats: int, warmup: int, write_index: int, bandwidth: float, log: Log) -> dict:
+    """Every measurement of one batch size, interleaved across ``sides``; see the module docstring."""
+    cfg = cfg_scale is not None
+    inputs = Inputs(info, batch, cfg)
+    rows, n_tok = len(inputs.rows), info.seq_len
+    timings: dict[str, dict[str, Stats]] = {}
+    parity: dict[str, float] = {}
+
+    log(f"batch {batch}: prefill")
+    first = [s.backend.prefill(*inputs.prefill_args()) for s in sides]
+    cases: dict[str, Callable[[], object]] = {}
+    for s in sides:
+        cases[f"{s.label}/api"] = lambda s=s: s.backend.prefill(*inputs.prefill_args())
+        cases[f"{s.label}/graph"] = s.graph.prefill(*inputs.prefill_args())
+    timings["prefill"], timings["prefill_graph"] = _split(time_interleaved(cases, repeats, warmup, burst_s=BURST_S),
+                                                          sides)
+
+    log(f"batch {batch}: decode step at write index {write_index}")
+    at_w = [_fill(s.backend, inputs, write_index) for s in sides]
+    cases = {}
+    for s in sides:
+        cases[f"{s.label}/api"] = lambda s=s: s.backend.step(*inputs.step_args(write_index))
+        cases[f"{s.label}/graph"] = s.graph.step(*inputs.step_args(write_index))
+    timings["step"], timings["step_graph"] = _split(time_interleaved(cases, repeats, warmup, burst_s=BURST_S), sides)
+    if len(sides) > 1:
+        parity = {"prefill_max_abs": _max_abs(first[0], first[1]), "step_max_abs": _max_abs(at_w[0], at_w[1])}
+
+    log(f"batch {batch}: whole image ({n_tok} tokens)")
+    request = build_request(sides[0].backend, [int(c) for c in inputs.classes], cfg=cfg_scale if cfg else 1.0,
+                            cfg_schedule=None if cfg else "constant", batch_size=batch, seed=0)
+    tokens: dict[str, np.ndarray] = {}
+
+    def image(s: Side) -> None:
+        tokens[s.label] = sample_tokens(s.backend, request)
+
+    timings["image"] = time_interleaved({s.label: (lambda s=s: image(s)) for s in sides}, repeats, warmup)
+    if len(sides) > 1:
+        a, b = (tokens[s.label] for s in sides[:2])
+        parity["image_tokens_match_share"] = float(np.mean(a == b))
+
+    log(f"batch {batch}: VQ decode")
+    timings["vq_decode"] = time_interleaved({s.label: (lambda s=s: s.backend.decode_vq(inputs.grids))
+                                             for s in sides}, repeats, warmup, burst_s=BURST_S)
+
+    step_bytes = roofline.decode_step(rows, write_index + 1)
+    image_bytes = roofline.image_bytes(rows)
+    step_floor, image_floor = floor_seconds(step_bytes.total, bandwidth), floor_seconds(image_bytes, bandwidth)
+    derived = {}
+    for s in sides:
+        t = {k: v[s.label].median_s for k, v in timings.items()}
+        graph_time = t["prefill_graph"] + (n_tok - 1) * t["step_graph"]
+        binding = (t["prefill"] - t["prefill_graph"]) + (n_tok - 1) * (t["step"] - t["step_graph"])
+        outside = 1.0 - graph_time / t["image"]
+        derived[s.label] = {
+            "image_per_step_s": t["image"] / n_tok,
+            "step_graph_vs_floor": _ratio(t["step_graph"], step_floor),
+            "step_vs_floor": _ratio(t["step"], step_floor),
+            "image_vs_floor": _ratio(t["image"], image_floor),
+            "outside_graph_share": outside,
+            "binding_share": binding / t["image"],
+            "sampling_share": outside - binding / t["image"],
+        }
+    result = {
+        "batch": batch, "rows": rows, "cfg": cfg, "cfg_scale": cfg_scale, "tokens_per_image": n_tok,
+        "write_index": write_index,
+        "roofline": {"bandwidth_gbps": bandwidth / 1e9, "step": step_bytes.to_dict(),
+                     "step_kv_full_cache": roofline.full_cache_kv(rows), "step_floor_s": step_floor,
+                     "prefill": roofline.prefill_step(rows).to_dict(), "image_bytes": image_bytes,
+                     "image_floor_s": image_floor},
+        "timings": {k: _stats(v) for k, v in timings.items()},
+        "derived": derived,
+        "parity": parity,
+    }
+    if len(sides) > 1:
+        ort, ref = sides[0].label, sides[1].label
+        result["speedup"] = {k: v[ref].median_s / v[ort].median_s for k, v in timings.items()}
+    return result
+
+
+# ---- the GPU section ----------------------------------------------------------------------------------
+def accelerator_section(ckpt, roofline: Roofline, info, batch_sizes, cfg: bool, repeats: int, warmup: int,
+                        write_index: int, *, device: str = "cuda", capture=None,
+                        bandwidth: Bandwidth | None = None, log: Log = lambda _: None) -> dict:
+    """torch eager vs torch + CUDA graph, one decode step per batch size, next to the HBM floor.
+
+    ``device``/``capture``/``bandwidth`` exist so the logic can run on the CPU with `eager_capture`;
+    on a GPU the defaults capture a real CUDA graph and measure HBM with a device copy.
+    """
+    import torch
+
+    from dar.backend import TorchBackend
+
+    from .cuda_graph import StaticDecodeStep, cuda_capture
+
+    capture = capture or cuda_capture
+    bw = bandwidth or cuda_copy_bandwidth(device=device)
+    backend = TorchBackend(copy.deepcopy(ckpt), device=device)
+    eager_label, graph_label = f"torch-{device}", f"torch-{device}-graph"
+    out = {"device": device, "name": bw.note or device, "bandwidth": bw.to_dict(),
+           "backends": [eager_label, graph_label], "batches": []}
+    for batch in batch_sizes:
+        log(f"{device}: batch {batch}: decode step, eager and CUDA graph")
+        inputs = Inputs(info, batch, cfg)
+        rows = len(inputs.rows)
+        _fill(backend, inputs, write_index)
+        step = StaticDecodeStep(backend.model, backend.caches, backend.modulation, rows,
+                                inputs.positions.shape[1], device)
+        step.set_inputs(*inputs.step_args(write_index))
+        want = step.eager().float().clone()
+        step.capture(capture)
+        got = step.replay().float()
+        check = float((got - want).abs().max())
+        timings = time_interleaved({eager_label: step.eager, graph_label: step.replay}, repeats, warmup,
+                                   burst_s=BURST_S)
+        step_bytes = roofline.decode_step(rows, write_index + 1)
+        floor = floor_seconds(step_bytes.total, bw.bytes_per_s)
+        out["batches"].append({
+            "batch": batch, "rows": rows, "write_index": write_index, "step_bytes": step_bytes.total,
+            "step_floor_s": floor, "timings": {"step_graph": _stats(timings)},
+            "vs_floor": {k: _ratio(v.median_s, floor) for k, v in timings.items()},
+            "cuda_graph_speedup": timings[eager_label].median_s / timings[graph_label].median_s,
+            "cuda_graph_check_max_abs": check,
+        })
+        del step
+    del backend
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+# ---- the run ------------------------------------------------------------------------------------------
+def _check_args(batch_sizes, repeats: int, warmup: int, device: str, threads: int | None) -> tuple[int, ...]:
+    sizes = tuple(batch_sizes)
+    if not sizes:
+        raise DartrtError("give at least one batch size")
+    for b in sizes:
+        if isinstance(b, bool) or int(b) != b or b < 1:
+            raise DartrtError(f"batch sizes must be integers >= 1, got {b!r}")
+    if isinstance(repeats, bool) or int(repeats) != repeats or repeats < 1:
+        raise DartrtError(f"repeats must be an integer >= 1, got {repeats!r}")
+    if int(warmup) != warmup or warmup < 0:
+        raise DartrtError(f"warmup must be an integer >= 0, got {warmup!r}")
+    if device not in DEVICES:
+        raise DartrtError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+    if threads is not None and (int(threads) != threads or threads < 1):
+        raise DartrtError(f"threads must be an integer >= 1, got {threads!r}")
+    return tuple(int(b) for b in sizes)
+
+
+def _machine(threads: int) -> dict:
+    import onnxruntime
+
+    from runtime.ort_backend import usable_cpus
+
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__}
+    with contextlib.suppress(ImportError):
+        import torch
+
+        versions["torch"] = torch.__version__
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "usable_cpus": usable_cpus(), "threads": threads, "versions": versions}
+
+
+def _measure_bandwidth(device: str, nbytes: int, threads: int) -> Bandwidth:
+    """The host's read bandwidth, or the GPU's copy bandwidth (which needs torch: without it the
+    floors are unknown and reported as null rather than priced with the wrong memory)."""
+    if device == "cuda":
+        try:
+            return cuda_copy_bandwidth(nbytes)
+        except ImportError:
+            return Bandwidth(0.0, 0, float("inf"), 0, "not measured", 1, "device bandwidth needs torch")
+    return host_read_bandwidth(nbytes, threads=threads)
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is unknown (0 or inf) so that no made-up multiple is reported."""
+    return a / b if 0 < b < float("inf") else float("nan")
+
+
+def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bool = True,
+              source: str | None = None, device: str = "cpu", json_path: str | Path | None = None, *,
+              warmup: int = 1, threads: int | None = None, use_torch: bool = True,
+              accelerator: bool | None = None, bandwidth_bytes: int = DEFAULT_BYTES,
+              echo: Log | None = print, log: Log | None = None) -> dict:
+    """Bench the package at ``pkg_dir``; returns the report (schema ``dartrt-bench/1``).
+
+    ``device``: where the main comparison runs (onnxruntime's EP and torch). ``accelerator``: the
+    torch eager vs CUDA-graph section; None = when torch sees a CUDA GPU. ``json_path`` is written
+    atomically; ``echo`` gets the table, ``log`` the progress lines.
+    """
+    from runtime.ort_backend import OrtBackend, usable_cpus
+
+    sizes = _check_args(batch_sizes, repeats, warmup, device, threads)
+    log = log or (lambda _: None)
+    threads = int(threads or usable_cpus())
+    started, t0, load_before = _dt.datetime.now(_dt.timezone.utc), time.perf_counter(), os.getloadavg()
+    package = Package.open(pkg_dir)
+    manifest, info = package.view, package.info
+    roofline = Roofline.from_manifest(manifest)
+    if info.seq_len < 3:
+        raise DartrtError(f"{pkg_dir}: a {info.seq_len}-token model has no mid-sequence decode step to time")
+    write_index = info.seq_len // 2
+    cfg_scale = (info.default_cfg if info.default_cfg != 1.0 else 4.0) if cfg else None
+
+    ort = OrtBackend(manifest, providers=device, intra_op_threads=threads)
+    sides = [Side(f"onnxruntime-{ort.device}", ort, OrtGraphCalls(ort))]
+    reference, ckpt = None, None
+    if use_torch:
+        try:
+            import torch
+        except ImportError:
+            raise DartrtError("torch is not installed; pass --no-torch to bench onnxruntime alone") from None
+        from dar.backend import TorchBackend
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise DartrtError("device cuda: torch sees no CUDA GPU")
+        ckpt = reference_checkpoint(package.manifest, source)
+        reference_backend = TorchBackend(copy.deepcopy(ckpt), device=device)
+        sides.append(Side(f"torch-{device}", reference_backend, TorchGraphCalls(reference_backend)))
+        reference = {"source": ckpt.source}
+    threads_ctx = torch_threads(threads) if use_torch else contextlib.nullcontext()
+    with threads_ctx:
+        log("memory bandwidth")
+        bw_before = _measure_bandwidth(device, bandwidth_bytes, threads)
+        batches = [bench_batch(sides, roofline, info, b, cfg_scale, repeats, warmup, write_index,
+                               bw_before.bytes_per_s, log) for b in sizes]
+        bw_after = _measure_bandwidth(device, bandwidth_bytes, threads)
+        accel = None
+        if use_torch and (accelerator if accelerator is not None else _cuda_available()):
+            accel = accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index, log=log)
+    if reference is not None:
+        worst = max((v for b in batches for k, v in b["parity"].items() if k.endswith("max_abs")), default=0.0)
+        reference.update({"max_abs_logits": worst, "same_model": worst <= SAME_MODEL_ATOL})
+    load_after = os.getloadavg()
+    machine = _machine(threads)
+    # Judged on the load before the run: afterwards the 1-minute average includes the bench itself.
+    machine.update({"load_avg_before": list(load_before), "load_avg_after": list(load_after),
+                    "loaded": load_before[0] > LOADED_PER_CPU * machine["usable_cpus"]})
+    report = {
+        "schema": SCHEMA,
+        "package": str(Path(pkg_dir).resolve()), "model": info.name, "precision": manifest.precision,
+        "started": started.isoformat(timespec="seconds"), "seconds": time.perf_counter() - t0,
+        "machine": machine,
+        "settings": {"batch_sizes": list(sizes), "repeats": repeats, "warmup": warmup, "cfg": cfg,
+                     "cfg_scale": cfg_scale, "device": device, "threads": threads, "write_index": write_index,
+                     "interleaved": "round-robin over backends, warm-up included", "burst_s": BURST_S,
+                     "torch": use_torch},
+        "bandwidth": {"before": bw_before.to_dict(), "after": bw_after.to_dict(),
+                      "used_gbps": bw_before.gbps, "used_for": "the floors below (measured before the timings)"},
+        "backends": [s.label for s in sides],
+        "reference": reference,
+        "batches": batches,
+        "accelerator": accel,
+    }
+    if json_path is not None:
+        write_json_atomic(Path(json_path), report)
+    if echo is not None:
+        echo(format_table(report))
+    return report
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())

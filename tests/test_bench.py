@@ -1,0 +1,265 @@
+"""`dartrt bench`: correctness of the byte model, the interleaving and the report (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from click.testing import CliRunner  # noqa: E402
+
+import bench.suite as suite  # noqa: E402
+from bench.bandwidth import Bandwidth, host_read_bandwidth  # noqa: E402
+from bench.cuda_graph import StaticDecodeStep, cuda_capture, eager_capture  # noqa: E402
+from bench.roofline import Roofline  # noqa: E402
+from bench.timing import Stats, interleaved, time_interleaved  # noqa: E402
+from dar.checkpoint import random_checkpoint  # noqa: E402
+from dar.config import ModelConfig  # noqa: E402
+from runtime.errors import DartrtError  # noqa: E402
+from runtime.manifest import Manifest  # noqa: E402
+
+torch.set_num_threads(1)
+SMALL = 8 << 20  # bandwidth buffer for tests: the figure is irrelevant here, only that it is measured
+TIMING_KEYS = ("prefill", "prefill_graph", "step", "step_graph", "image", "vq_decode")
+STATS_KEYS = {"median_s", "p10_s", "p90_s", "min_s", "max_s", "n", "calls_per_sample"}
+
+
+# ---- timing -----------------------------------------------------------------------------------------
+def test_interleaving_order_is_round_robin():
+    log: list[str] = []
+    cases = {"A": lambda: log.append("A"), "B": lambda: log.append("B")}
+    samples = interleaved(cases, repeats=3, warmup=1)
+    assert log == ["A", "B"] + ["A", "B"] * 3
+    assert {k: len(v) for k, v in samples.items()} == {"A": 3, "B": 3}
+
+
+def test_bursts_stay_round_robin_and_report_per_call_time():
+    log: list[str] = []
+    ticks = iter(range(1000))
+    cases = {"A": lambda: log.append("A"), "B": lambda: log.append("B")}
+    samples = interleaved(cases, repeats=2, warmup=0, clock=lambda: float(next(ticks)), inner={"A": 2})
+    assert log == ["A", "A", "B", "A", "A", "B"]
+    # the clock ticks once per read: a turn of k calls spans 1 tick, so a sample is 1 / k
+    assert samples == {"A": [0.5, 0.5], "B": [1.0, 1.0]}
+    stats = time_interleaved(cases, repeats=4, warmup=0)
+    assert set(stats) == {"A", "B"} and all(s.n == 4 for s in stats.values())
+
+
+def test_stats_median_and_spread():
+    s = Stats.of([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s.median_s, s.min_s, s.max_s, s.n) == (3.0, 1.0, 5.0, 5)
+    assert s.p10_s == pytest.approx(1.4) and s.p90_s == pytest.approx(4.6)
+    assert s.scaled(2).median_s == 1.5
+    with pytest.raises(ValueError):
+        Stats.of([])
+
+
+# ---- roofline ---------------------------------------------------------------------------------------
+def hand_count(cfg: ModelConfig, rows: int, length: int) -> dict[str, int]:
+    """Bytes of one fp32 tiny-dar decode step, from the config alone."""
+    d, inner, ffn, L = cfg.d_model, cfg.inner_dim, cfg.ffn_hidden, cfg.n_layer
+    per_layer = d * 3 * inner + inner * d + 3 * d * ffn  # wqkv, wo, w1/w3/w2; AdaLN norms have no weight
+    tok_mlp = cfg.codebook_dim * d + d + d * d + d
+    weights = L * per_layer + tok_mlp + d * cfg.vocab_size  # no W_mod, no class/direction tables
+    lookups = rows * cfg.codebook_dim + cfg.head_dim  # codebook rows; cos + sin rows: D/2 each
+    modulation = rows * (6 * L + 2) * d
+    kv = 2 * L * cfg.n_head * cfg.head_dim * length * rows
+    return {"weights": 4 * weights, "lookups": 4 * lookups, "modulation": 4 * modulation, "kv": 4 * kv}
+
+
+def hand_count_prefill(cfg: ModelConfig, rows: int) -> int:
+    d, inner, ffn, L = cfg.d_model, cfg.inner_dim, cfg.ffn_hidden, cfg.n_layer
+    weights = (L * (d * 3 * inner + inner * d + 3 * d * ffn) + L * (d * 6 * d + 6 * d)  # blocks, W_mod
+               + d * 2 * d + 2 * d + 9 * d + d * cfg.vocab_size)  # final modulation, direction table, output
+    # the class row, gathered twice (embedding, AdaLN table), never more than the table; RoPE
+    lookups = 2 * min(rows, cfg.num_classes + 1) * d + cfg.head_dim
+    kv = 2 * L * cfg.n_head * cfg.head_dim * rows
+    return 4 * (weights + lookups + kv)
+
+
+def test_roofline_bytes_match_hand_count(tiny_dar_package):
+    manifest = Manifest.load(tiny_dar_package)
+    cfg = ModelConfig.from_dict(manifest.data["model"])
+    roof = Roofline.from_manifest(manifest)
+    for rows in (1, 2, 16):
+        for length in (1, 33, cfg.seq_len):
+            got = roof.decode_step(rows, length)
+            want = hand_count(cfg, rows, length)
+            assert got.to_dict() == {**want, "total": sum(want.values())}, (rows, length)
+        assert roof.prefill_step(rows).total == hand_count_prefill(cfg, rows)
+        image = hand_count_prefill(cfg, rows) + sum(sum(hand_count(cfg, rows, t + 1).values())
+                                                    for t in range(1, cfg.seq_len))
+        assert roof.image_bytes(rows) == image
+    assert roof.full_cache_kv(2) == hand_count(cfg, 2, cfg.seq_len)["kv"]
+
+
+# ---- bandwidth --------------------------------------------------------------------------------------
+def test_host_bandwidth_measures_something():
+    bw = host_read_bandwidth(SMALL, passes=2, threads=2)
+    assert bw.gbps > 0 and bw.bytes == SMALL and bw.threads == 2 and bw.passes == 2
+
+
+# ---- the reference model ----------------------------------------------------------------------------
+def test_reference_checkpoint_resolution(tiny_dar_package, tmp_path):
+    data = Manifest.load(tiny_dar_package).data
+    assert suite.reference_checkpoint(data, None).config.name == "tiny-dar"
+    with pytest.raises(DartrtError, match="not on this machine"):
+        suite.reference_checkpoint({**data, "source": str(tmp_path / "gone")}, None)
+    with pytest.raises(DartrtError, match="config differs"):
+        suite.reference_checkpoint(data, "tiny-llamagen")
+    with pytest.raises(DartrtError, match="no source"):
+        suite.reference_checkpoint({**data, "source": None}, None)
+
+
+# ---- end to end -------------------------------------------------------------------------------------
+def test_bench_end_to_end_writes_json(tiny_dar_package, tmp_path):
+    out = tmp_path / "bench.json"
+    lines: list[str] = []
+    report = suite.run_bench(tiny_dar_package, batch_sizes=(1, 2), repeats=1, warmup=0, threads=1, json_path=out,
+                             bandwidth_bytes=SMALL, accelerator=False, echo=lines.append)
+    data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert data["schema"] == "dartrt-bench/1" and data["model"] == "tiny-dar"
+    assert {"package", "precision", "started", "seconds", "machine", "settings", "bandwidth", "backends", "reference",
+            "batches", "accelerator"} <= set(data)
+    labels = ["onnxruntime-cpu", "torch-cpu"]
+    assert data["backends"] == labels and data["accelerator"] is None
+    assert data["reference"]["same_model"] is True and data["reference"]["max_abs_logits"] <= 1e-4
+    assert data["bandwidth"]["before"]["gbps"] > 0 and data["settings"]["batch_sizes"] == [1, 2]
+    assert {"load_avg_before", "load_avg_after", "loaded", "usable_cpus"} <= set(data["machine"])
+    roof = Roofline.from_manifest(Manifest.load(tiny_dar_package))
+    for batch, b in zip((1, 2), data["batches"]):
+        assert (b["batch"], b["rows"], b["cfg"]) == (batch, 2 * batch, True)
+        assert set(b["timings"]) == set(TIMING_KEYS) and set(b["speedup"]) == set(TIMING_KEYS)
+        for key in TIMING_KEYS:
+            assert set(b["timings"][key]) == set(labels)
+            assert set(b["timings"][key]["torch-cpu"]) == STATS_KEYS
+        assert b["roofline"]["step"]["total"] == roof.decode_step(2 * batch, b["write_index"] + 1).total
+        assert b["roofline"]["image_bytes"] == roof.image_bytes(2 * batch)
+        for lab in labels:
+            d = b["derived"][lab]
+            assert d["outside_graph_share"] == pytest.approx(d["binding_share"] + d["sampling_share"])
+            assert d["step_graph_vs_floor"] > 0
+        assert b["parity"]["image_tokens_match_share"] == 1.0
+    assert report["batches"][0]["rows"] == 2
+    table = "\n".join(lines)
+    assert "decode step (graph only)" in table and "outside the graph" in table and "torch/ort" in table
+
+
+def test_cli_bench_without_torch(tiny_dar_package, tmp_path, monkeypatch):
+    from dartrt.cli import main
+
+    monkeypatch.setattr(suite, "host_read_bandwidth", lambda nbytes, threads=1: host_read_bandwidth(SMALL, 2, threads))
+    out = tmp_path / "b.json"
+    result = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--batch", "1", "--repeats", "1", "--warmup",
+                                       "0", "--threads", "1", "--no-torch", "--no-cfg", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["backends"] == ["onnxruntime-cpu"] and data["reference"] is None
+    assert data["batches"][0]["rows"] == 1 and "speedup" not in data["batches"][0]
+    bad = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--batch", "0", "--no-torch"])
+    assert bad.exit_code == 2 and "batch sizes must be integers >= 1" in bad.output
+
+
+# ---- the GPU path, with the CUDA parts stood in for ---------------------------------------------------
+def test_static_step_replays_new_inputs_from_its_buffers():
+    """What a CUDA graph relies on: after capture, copy_ new inputs and replay gives the new step."""
+    ckpt = random_checkpoint("tiny-dar")
+    model, info = ckpt.model, None
+    from dar.backend import TorchBackend
+
+    backend = TorchBackend(ckpt)
+    info = backend.info
+    inputs = suite.Inputs(info, 2, cfg=True)
+    suite._fill(backend, inputs, 10)
+    step = StaticDecodeStep(model, backend.caches, backend.modulation, 4, 4, "cpu")
+    step.set_inputs(*inputs.step_args(10))
+    step.capture(eager_capture)
+    for t in (11, 12):  # the step at t rewrites slot t, as generation would
+        step.set_inputs(*inputs.step_args(t))
+        got = step.replay().clone()
+        want = backend.step(*inputs.step_args(t))
+        np.testing.assert_allclose(got[:, -1].numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_accelerator_section_logic_on_cpu(tiny_dar_package):
+    manifest = Manifest.load(tiny_dar_package)
+    fake_bw = Bandwidth(10.0, SMALL, 1e-3, 1, "fake", 1, "fake device")
+    acc = suite.accelerator_section(random_checkpoint("tiny-dar"), Roofline.from_manifest(manifest), manifest.info,
+                                    (1,), True, 1, 0, 8, device="cpu", capture=eager_capture, bandwidth=fake_bw)
+    assert acc["backends"] == ["torch-cpu", "torch-cpu-graph"]
+    b = acc["batches"][0]
+    assert b["rows"] == 2 and b["cuda_graph_check_max_abs"] == 0.0
+    assert set(b["timings"]["step_graph"]) == set(acc["backends"]) and b["step_floor_s"] > 0
+
+
+def test_cuda_capture_follows_the_documented_recipe(monkeypatch):
+    """Warm-up on a side stream, the current stream waits for it, then one capture; replay is the graph's."""
+    events: list[str] = []
+
+    class FakeStream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(f"{self.name} waits {other.name}")
+
+    class FakeGraph:
+        def replay(self):
+            events.append("replay")
+
+    @contextmanager
+    def on_stream(stream):
+        events.append(f"enter {stream.name}")
+        yield
+        events.append(f"exit {stream.name}")
+
+    @contextmanager
+    def capture(graph):
+        assert isinstance(graph, FakeGraph)
+        events.append("capture begin")
+        yield
+        events.append("capture end")
+
+    current = FakeStream("current")
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: current)
+    monkeypatch.setattr(torch.cuda, "stream", on_stream)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    out = torch.zeros(1)
+    replay, static = cuda_capture(lambda: events.append("fn") or out, warmup=2)
+    assert static is out
+    replay()
+    assert events == ["side waits current", "enter side", "fn", "fn", "exit side", "current waits side",
+                      "capture begin", "fn", "capture end", "replay"]
+
+
+NO_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"torch is blocked in this test (import of {name})")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+from bench.suite import run_bench
+report = run_bench(sys.argv[1], batch_sizes=(1,), repeats=1, warmup=0, threads=1, use_torch=False,
+                   bandwidth_bytes=1 << 20, echo=None)
+assert report["backends"] == ["onnxruntime-cpu"] and "torch" not in sys.modules
+print("ok")
+"""
+
+
+def test_bench_without_torch_installed(tiny_dar_package):
+    """--no-torch must work on a production host where torch is not installed at all."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(tiny_dar_package)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
