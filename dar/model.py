@@ -34,8 +34,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        # F.rms_norm exports as one ONNX RMSNormalization (opset 23), which TensorRT maps to its
+        # normalization layer with FP32 statistics; the FP16 pass can keep it whole.
+        out = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x)
         return out * self.weight if self.weight is not None else out
 
 
@@ -183,7 +184,8 @@ class Transformer(nn.Module):
         b, s, _ = h.shape
         cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions, self.cfg.rope)
         mask = attention_mask(write_index, s, caches[0][0].shape[2])
-        mod = modulation[:, direction] if self.cfg.adaln else None  # [B, S, M]
+        # index_select exports as one Gather(axis=1) that reads only the S gathered rows.
+        mod = modulation.index_select(1, direction) if self.cfg.adaln else None  # [B, S, M]
         return self._blocks(h, cos, sin, mask, write_index, caches, mod)
 
     def _blocks(self, h, cos, sin, mask, write_index, caches, mod):

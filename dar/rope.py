@@ -36,8 +36,9 @@ def gather_cos_sin(cos_table: torch.Tensor, sin_table: torch.Tensor, positions: 
                    rope: str) -> tuple[torch.Tensor, torch.Tensor]:
     """positions [S, 4] → cos, sin [S, D/2], one table row per axis, concatenated."""
     axes = ROPE_AXES[rope]
-    cos = torch.cat([cos_table[positions[:, a]] for a in axes], dim=-1)
-    sin = torch.cat([sin_table[positions[:, a]] for a in axes], dim=-1)
+    # index_select exports as plain Gather (axis 0), which every backend maps to a row lookup.
+    cos = torch.cat([cos_table.index_select(0, positions[:, a]) for a in axes], dim=-1)
+    sin = torch.cat([sin_table.index_select(0, positions[:, a]) for a in axes], dim=-1)
     return cos, sin
 
 

@@ -174,12 +174,17 @@ def export_cmd(source, out, opset, force):
 @click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny step counts; not a usable model).")
 @click.option("--eval/--no-eval", "run_eval", default=True, show_default=True,
               help="Measure image quality afterwards and write metrics.json.")
+@click.option("--threads", type=int, default=2, show_default=True,
+              help="torch threads (use 1 on a machine shared with other jobs: oversubscription is far slower).")
 @one_line_errors
-def train_demo_cmd(out, quick, run_eval):
+def train_demo_cmd(out, quick, run_eval, threads):
     """Retrain the bundled demo (classifier, VQ tokenizer, DAR) from scratch, seeded, on the CPU."""
+    import dataclasses
+
     from dar.demo.train import QUICK, DemoRecipe, train_demo
 
-    report = train_demo(out, QUICK if quick else DemoRecipe(), log=click.echo)
+    recipe = dataclasses.replace(QUICK if quick else DemoRecipe(), threads=threads)
+    report = train_demo(out, recipe, log=click.echo)
     click.echo(f"trained in {report['timings_seconds']['total']:.0f}s: {report['timings_seconds']}")
     if run_eval:
         _eval_demo(out, n_per_class=2 if quick else 50, seed=0, backend="torch", write=True)
@@ -216,6 +221,125 @@ def _eval_demo(source, n_per_class: int, seed: int, backend: str, write: bool) -
     if write:
         atomic_write(folder / "metrics.json", lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
         click.echo(f"wrote {folder / 'metrics.json'}")
+
+
+@main.command("verify")
+@click.argument("package", type=click.Path(file_okay=False))
+@click.option("--backend", default="onnxruntime", show_default=True,
+              help="onnxruntime (CUDA when it runs there, else CPU) | onnxruntime-cpu | onnxruntime-cuda | tensorrt.")
+@click.option("--source", default=None,
+              help="Checkpoint folder or preset the package was exported from. Default: the manifest's source.")
+@click.option("--seeds", type=int, default=2, show_default=True, help="Seeds for the sequence-level runs.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch and onnxruntime (default: all).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the checks to this JSON file.")
+@one_line_errors
+def verify(package, backend, source, seeds, threads, json_path):
+    """Check PACKAGE against the PyTorch reference: graphs, teacher-forced step logits, generated token
+    grids, decoded images, and the decode graph under Polygraphy. Exit 1 if any check fails."""
+    import json
+
+    from dar.checkpoint import atomic_write
+    from exporter.parity import ParitySettings, format_table, verify_package
+
+    if threads is not None and threads < 1:
+        raise DartrtError(f"--threads must be >= 1, got {threads}")
+    if json_path is not None and not Path(json_path).resolve().parent.is_dir():
+        raise DartrtError(f"cannot write {json_path}: its folder does not exist")
+    settings = ParitySettings(seeds=seeds, threads=threads)
+    report = verify_package(package, backend, source, settings, log=lambda msg: click.echo(f"  {msg}", err=True))
+    click.echo(f"{report.package}: {report.backend} on {report.device} against {report.source}")
+    click.echo(format_table(report.checks))
+    failed = [c.name for c in report.failed]
+    click.echo(f"{'FAILED: ' + ', '.join(failed) if failed else 'all checks passed'} ({report.seconds:.1f}s)")
+    if json_path is not None:
+        text = json.dumps(report.to_json(), indent=2) + "\n"
+        atomic_write(Path(json_path), lambda p: Path(p).write_text(text))
+    if failed:
+        sys.exit(1)
+
+
+@main.command("bench")
+@click.argument("package", type=click.Path(file_okay=False))
+@click.option("--batch", "batches", type=int, multiple=True, help="Batch size (repeatable). Default: 1 and 8.")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed turns per measurement.")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed turns first.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
+@click.option("--source", default=None,
+              help="The torch reference: checkpoint folder or preset. Default: the package's recorded source.")
+@click.option("--no-torch", is_flag=True, help="Time onnxruntime alone (no reference, no GPU section).")
+@click.option("--no-cfg", is_flag=True, help="Bench without classifier-free guidance (rows not doubled).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where onnxruntime and torch run the main comparison.")
+@click.option("--threads", type=int, default=None, help="Intra-op threads for both backends (default: usable CPUs).")
+@one_line_errors
+def bench(package, batches, repeats, warmup, json_path, source, no_torch, no_cfg, device, threads):
+    """Latency of PACKAGE: onnxruntime vs the torch reference, interleaved in one run, next to the
+    memory-bandwidth floor measured in the same run (and torch eager vs CUDA graph on a GPU)."""
+    from bench.suite import run_bench
+
+    run_bench(package, batch_sizes=batches or (1, 8), repeats=repeats, cfg=not no_cfg, source=source,
+              device=device, json_path=json_path, warmup=warmup, threads=threads, use_torch=not no_torch,
+              echo=click.echo, log=lambda line: click.echo(f"bench: {line}", err=True))
+    if json_path:
+        click.echo(f"wrote {json_path}")
+
+
+@main.command("build")
+@click.argument("package", type=click.Path(file_okay=False))
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True,
+              help="fp16: the FP16-cast graphs (prepared automatically); int8: the Q/DQ graphs from calibration.")
+@click.option("--max-batch", type=int, default=8, show_default=True,
+              help="Images per batch; decoder engines take up to 2x rows (CFG).")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="TensorRT timing cache to load and append to (speeds up rebuilds).")
+@click.option("--graph", "graphs", type=click.Choice(["prefill", "decode", "vq_decoder"]), multiple=True,
+              help="Build only this graph (repeatable). Default: all three.")
+@one_line_errors
+def build_cmd(package, precision, max_batch, timing_cache, graphs):
+    """Build strongly typed TensorRT engines for PACKAGE into PACKAGE/engines/ and record them
+    (GPU, compute capability, TensorRT version, profiles) in its manifest."""
+    from graphs.trt_build import build_engines, require_tensorrt
+
+    require_tensorrt()
+    report = build_engines(package, precision, graphs=tuple(graphs) or ("prefill", "decode", "vq_decoder"),
+                           max_batch=max_batch, timing_cache=timing_cache, log=click.echo)
+    click.echo(f"built {', '.join(report.engines)} in {package}")
+
+
+@main.command("calibrate")
+@click.argument("package", type=click.Path(file_okay=False))
+@click.option("--samples", type=int, default=64, show_default=True,
+              help="Decode calls recorded (stratified over positions); the KV caches make each one MBs.")
+@click.option("--method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,
+              help="Activation range calibration for the Q/DQ formats.")
+@click.option("--format", "formats", type=click.Choice(["qdq", "qdq-ort", "dynamic", "weight-only"]),
+              multiple=True, help="INT8 variant (repeatable). qdq: ModelOpt W8A8 Q/DQ (TensorRT); qdq-ort: "
+              "onnxruntime static Q/DQ; dynamic / weight-only: onnxruntime CPU paths. Default: qdq.")
+@click.option("--high-precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Dtype of what is not INT8 (fp32 runs on the CPU; fp16 for TensorRT engines).")
+@click.option("--keep", multiple=True,
+              help="Module-scope regex kept in high precision (repeatable), e.g. 'layers\\.5\\.'.")
+@click.option("--source", default=None, help="Checkpoint or preset the package was exported from (default: manifest).")
+@click.option("--images", type=int, default=10, show_default=True, help="Images for the FP32-vs-INT8 comparison.")
+@click.option("--eval-n", type=int, default=0, show_default=True,
+              help="Demo model only: images per class for class accuracy / Fréchet distance (0: skip).")
+@click.option("--sensitivity", is_flag=True, help="Also rank layer groups by INT8 cost and report the trade-off.")
+@click.option("--reuse-traces", is_flag=True, help="Keep the recorded traces instead of re-recording them.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@one_line_errors
+def calibrate_cmd(package, samples, method, formats, high_precision, keep, source, images, eval_n, sensitivity,
+                  reuse_traces, seed):
+    """Record real generation traces into PACKAGE, write INT8 graphs under PACKAGE/calibration/, and
+    print how they compare with FP32 on the CPU (also written to calibration/report.json)."""
+    from calibration.run import CalibrateOptions, calibrate, format_table
+
+    opts = CalibrateOptions(samples=samples, method=method, formats=tuple(formats) or ("qdq",),
+                            high_precision=high_precision, keep=tuple(keep), source=source, images=images,
+                            eval_n=eval_n, sensitivity=sensitivity, reuse_traces=reuse_traces, seed=seed)
+    report = calibrate(package, opts, log=lambda msg: click.echo(msg, err=True))
+    click.echo(format_table(report))
+    click.echo(f"wrote {Path(package) / 'calibration' / 'report.json'} ({report['seconds']:.0f}s)")
 
 
 if __name__ == "__main__":
