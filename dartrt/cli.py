@@ -92,16 +92,18 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
     class_ids = list(classes) if classes else list(range(info.num_classes))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=1, unit="step", desc=f"generate ({engine.name})", file=sys.stderr)
+    bars: list = []  # created on the first step, so a rejected setting prints only its error line
 
     def on_step(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, unit="step", desc=f"generate ({engine.name})", file=sys.stderr))
+        bars[0].update(done - bars[0].n)
 
     result = generate_with_backend(
         engine, class_ids, n_per_class=n_per_class, cfg=cfg, cfg_schedule=cfg_schedule, order=load_order(order),
         seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, batch_size=batch_size, on_step=on_step)
-    bar.close()
+    for bar in bars:
+        bar.close()
     import numpy as np
 
     for i, (image, cid) in enumerate(zip(result.images, result.class_ids)):

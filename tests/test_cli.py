@@ -1,0 +1,131 @@
+"""The CLI: generation end to end, LlamaGen conversion, and one clear line for every bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from dar.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
+from dartrt.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def test_generate_preset_writes_pngs_and_grid(tmp_path):
+    result = run("generate", "tiny-dar", "-c", 1, "-c", 4, "--n", 2, "--seed", 3, "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["0000_class1.png", "0001_class1.png", "0002_class4.png", "0003_class4.png", "grid.png"]
+    img = Image.open(tmp_path / "0000_class1.png")
+    assert img.size == (16, 16) and img.mode == "RGB"
+    assert Image.open(tmp_path / "grid.png").size[1] > 2 * 16
+
+
+def test_generate_is_seeded(tmp_path):
+    for sub in ("a", "b"):
+        assert run("generate", "tiny-llamagen", "-c", 2, "--seed", 5, "-o", tmp_path / sub).exit_code == 0
+    a = np.asarray(Image.open(tmp_path / "a" / "0000_class2.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "0000_class2.png"))
+    assert (a == b).all()
+
+
+def test_checkpoint_round_trip_through_cli(tmp_path):
+    ckpt = random_checkpoint("tiny-1d", seed=4)
+    save_checkpoint(tmp_path / "ck", ckpt.model, ckpt.vq, ckpt.image_size)
+    loaded = load_checkpoint(tmp_path / "ck")
+    for k, v in ckpt.model.state_dict().items():
+        assert torch.equal(v, loaded.model.state_dict()[k]), k
+    result = run("generate", tmp_path / "ck", "-c", 0, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+
+
+def test_convert_llamagen(tmp_path):
+    """A LlamaGen-layout GPT (DDP "model" nesting, _orig_mod. prefix, stale freqs_cis) and VQ state dict
+    convert into our format with every tensor preserved."""
+    src = random_checkpoint("tiny-llamagen", seed=2)
+    gpt = {f"_orig_mod.{k}": v for k, v in src.model.state_dict().items()}
+    gpt["freqs_cis"] = torch.zeros(3)
+    torch.save({"model": gpt}, tmp_path / "GPT.pt")
+    vq = dict(src.vq.state_dict())
+    vq["quantize.codebook_used"] = torch.zeros(4)
+    torch.save({"model": vq}, tmp_path / "VQ.pt")
+    result = run("convert", "llamagen", "--gpt", tmp_path / "GPT.pt", "--vq", tmp_path / "VQ.pt",
+                 "--model", "tiny-llamagen", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    loaded = load_checkpoint(tmp_path / "out")
+    for k, v in src.model.state_dict().items():
+        assert torch.equal(v, loaded.model.state_dict()[k]), k
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model"]["rope_class_row"] == "zero"
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "garbage").mkdir()
+    (root / "garbage" / "config.json").write_text("{not json")
+    ckpt = random_checkpoint("tiny-dar")
+    save_checkpoint(root / "trunc", ckpt.model, ckpt.vq, ckpt.image_size)
+    weights = root / "trunc" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    np.save(root / "order15.npy", np.arange(15))
+    return root
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-c", "10"], "class id 10 is outside [0, 10)"),
+    (["-c", "-1"], "class id -1 is outside"),
+    (["--cfg", "-1"], "cfg must be >= 0"),
+    (["--cfg", "nan"], "cfg scale must be a finite number"),
+    (["--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--temperature", "-0.5"], "temperature must be"),
+    (["--top-k", "-2"], "top_k must be"),
+    (["--n", "0"], "n_per_class must be"),
+    (["--order", "zigzag"], "unknown order"),
+])
+def test_bad_settings_get_one_line(args, needle, tmp_path):
+    result = run("generate", "tiny-dar", *args, "-o", tmp_path)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.output
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_bad_files_get_one_line(bad_files, tmp_path):
+    cases = [
+        (["generate", bad_files / "garbage"], "cannot parse"),
+        (["generate", bad_files / "trunc"], "model.safetensors"),
+        (["generate", bad_files / "nowhere-such"], "neither a checkpoint folder nor a preset"),
+        (["generate", "tiny-dar", "--order", bad_files / "order15.npy"], "order has 15 cells"),
+        (["convert", "llamagen", "--gpt", bad_files / "garbage" / "config.json", "--vq", "x.pt",
+          "--model", "tiny-llamagen", "-o", tmp_path / "c"], "config.json"),
+    ]
+    for args, needle in cases:
+        result = run(*args, "-o", tmp_path / "o") if args[0] == "generate" else run(*args)
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], (args, result.output)
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    """The installed entry point, in a real process: one line on stderr, exit 2."""
+    proc = subprocess.run([sys.executable, "-m", "dartrt.cli", "generate", "tiny-dar", "-c", "99", "-o",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: class id 99 is outside [0, 10)"
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_export_refuses_to_overwrite(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    result = run("export", "tiny-dar", "-o", tmp_path / "pkg")
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert Path(tmp_path / "pkg").is_dir() and not list((tmp_path / "pkg").iterdir())
