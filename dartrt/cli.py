@@ -84,8 +84,8 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
     nothing for the bundled demo model. Writes one PNG per image and a labelled grid.png."""
     from tqdm import tqdm
 
-    from runtime.pipeline import generate_with_backend
     from runtime.images import make_grid, save_png
+    from runtime.pipeline import generate_with_backend
 
     engine = open_backend(source, backend, dtype)
     info = engine.info

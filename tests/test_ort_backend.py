@@ -14,10 +14,10 @@ import runtime  # noqa: E402
 from dar.backend import TorchBackend  # noqa: E402
 from dar.checkpoint import random_checkpoint  # noqa: E402
 from runtime.errors import DartrtError  # noqa: E402
-from runtime.pipeline import generate_with_backend  # noqa: E402
 from runtime.manifest import load_manifest, write_manifest  # noqa: E402
 from runtime.orders import direction_ids, make_order, positions_table  # noqa: E402
 from runtime.package import open_package_backend  # noqa: E402
+from runtime.pipeline import generate_with_backend  # noqa: E402
 
 torch.set_num_threads(1)
 NOT_IN_PLACE = "in-place optimization not activated"

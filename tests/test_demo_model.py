@@ -1,0 +1,39 @@
+"""The bundled demo model: it loads, and what it generates is recognisably the requested class."""
+
+import numpy as np
+import pytest
+
+from dar.checkpoint import BUNDLED, load_checkpoint
+
+pytestmark = pytest.mark.skipif(not (BUNDLED / "config.json").is_file(),
+                                reason=f"bundled demo model not found at {BUNDLED}")
+
+# Judged by the bundled classifier; metrics.json holds the full 50-per-class figures.
+MIN_ACCURACY = 0.8
+
+
+def test_bundled_model_generates_the_requested_classes():
+    import torch
+
+    from dar.backend import TorchBackend
+    from dar.demo.classifier import load_classifier
+    from dar.demo.metrics import classifier_features
+    from runtime.pipeline import generate_with_backend
+
+    torch.set_num_threads(2)
+    ckpt = load_checkpoint(BUNDLED)
+    backend = TorchBackend(ckpt)
+    n_classes = backend.info.num_classes
+    result = generate_with_backend(backend, list(range(n_classes)), n_per_class=3, seed=1234, batch_size=30)
+    images = np.stack([np.asarray(im) for im in result.images])
+    assert images.shape == (3 * n_classes, 64, 64, 3)
+    _, predicted = classifier_features(load_classifier(BUNDLED), images)
+    accuracy = float((predicted == np.asarray(result.class_ids)).mean())
+    print(f"bundled model, default CFG {backend.info.default_cfg}: class accuracy {accuracy:.3f} on "
+          f"{len(images)} images")
+    assert accuracy >= MIN_ACCURACY
+
+
+def test_bundled_files_are_small():
+    total = sum(p.stat().st_size for p in BUNDLED.iterdir() if p.is_file())
+    assert total <= 20 * 2**20, f"bundled model is {total / 2**20:.1f} MiB"
