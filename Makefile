@@ -11,7 +11,7 @@ DEMO_MODEL := models/demo/config.json models/demo/model.safetensors models/demo/
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[cpu,dev]'
+	$(PY) -m pip install -q -e '.[cpu,quant,dev]'
 	touch $(STAMP)
 
 # Export the bundled model once (re-exported only when its weights change), then generate with ORT.

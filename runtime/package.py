@@ -52,7 +52,9 @@ def open_package_backend(pkg_dir: str | Path, backend: str = "auto", *, verify_h
         raise DartrtError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}{hint}")
     package = Package.open(pkg_dir, verify_hashes)
     if backend == "tensorrt":
-        raise DartrtError("TensorRT backend is not available here; use backend='onnxruntime'")
+        from .trt_backend import TrtBackend  # imports tensorrt/cuda-python only when constructed
+
+        return TrtBackend(package.view, **options)
     try:
         from .ort_backend import OrtBackend
     except ImportError as exc:

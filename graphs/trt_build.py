@@ -1,0 +1,237 @@
+"""`dartrt build`: a prepared graph → a strongly typed TensorRT engine, recorded in the manifest.
+
+TensorRT 11 has no FP16/INT8 builder flags: the precision is whatever the ONNX says (an FP16-cast
+graph from `graphs.prepare`, or a Q/DQ graph from calibration/), and the network is parsed strongly
+typed. The build goes through Polygraphy's loaders (`NetworkFromOnnxPath(strongly_typed=True)`,
+`CreateConfig(profiles=..., load_timing_cache=...)`, `EngineBytesFromNetwork(save_timing_cache=...)`),
+which handle the parser errors, the timing-cache file lock and append, and the TRT 10/11 differences.
+
+Optimisation profiles come from the manifest, one per engine:
+- rows (the `batch` dim) 1 … 2·max_batch for the decoder graphs (CFG doubles the batch), opt at the
+  full CFG batch, the shape the runtime's CUDA graph replays; 1 … max_batch for the VQ decoder;
+- decode `seq` 1 … `max_step_tokens` (opt 1): one token per step, a few for any-order / chunked work;
+  prefill writes its one class token (static);
+- the KV cache's T_max is static (required by the in-place KV-cache layer).
+
+The engine file is written atomically (temp + rename) to `engines/<graph>.<precision>.plan`, and the
+manifest's `engines["<graph>.<precision>"]` records the GPU, its compute capability, the TensorRT
+version, the profile shapes, the build flags and the sha256 of the ONNX it came from, so that a runtime
+elsewhere refuses it by name (`runtime.trt_backend.check_engine_compatible`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.errors import DartrtError
+from runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
+
+from .prepare import ALL_GRAPHS, DECODER_GRAPHS, prepare, prepared_key
+
+INSTALL_HINT = "pip install dartrt[tensorrt]"
+MIN_TRT = (10, 15)  # RotaryEmbedding / TensorScatter / opset-24 parsing
+DEFAULT_MAX_BATCH = 8
+DEFAULT_STEP_TOKENS = 4
+ENGINE_DIR = "engines"
+BUILD_PRECISIONS = ("fp16", "int8", "fp32")
+
+Shape = tuple[int, ...]
+
+
+def require_tensorrt():
+    """The `tensorrt` module, or a one-line DartrtError saying how to install it."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise DartrtError(f"TensorRT is not installed ({INSTALL_HINT})") from None
+    version = tuple(int(p) for p in trt.__version__.split(".")[:2] if p.isdigit())
+    if version < MIN_TRT:
+        raise DartrtError(f"TensorRT {trt.__version__} is too old: the step graphs need >= "
+                          f"{'.'.join(map(str, MIN_TRT))} (RotaryEmbedding, TensorScatter, opset 24)")
+    return trt
+
+
+@dataclass(frozen=True)
+class ProfileShape:
+    """min/opt/max of one input of one optimisation profile."""
+
+    name: str
+    min: Shape
+    opt: Shape
+    max: Shape
+
+    def to_dict(self) -> dict:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+def derive_profile(inputs: list[dict], graph: str, max_batch: int,
+                   max_step_tokens: int = DEFAULT_STEP_TOKENS) -> list[ProfileShape]:
+    """One profile for ``graph`` from its manifest input specs ([{'name','dtype','shape'}])."""
+    if max_batch < 1:
+        raise DartrtError(f"--max-batch must be >= 1, got {max_batch}")
+    if max_step_tokens < 1:
+        raise DartrtError(f"max step tokens must be >= 1, got {max_step_tokens}")
+    rows = 2 * max_batch if graph in DECODER_GRAPHS else max_batch
+    ranges = {"batch": (1, rows, rows), "seq": (1, 1, max_step_tokens)}
+    out = []
+    for spec in inputs:
+        dims = []
+        for dim in spec["shape"]:
+            if isinstance(dim, int):
+                dims.append((dim, dim, dim))
+            elif dim in ranges:
+                dims.append(ranges[dim])
+            else:
+                raise DartrtError(f"{graph} input {spec['name']} has a dynamic dim {dim!r} that dartrt cannot size; "
+                                  "re-export the package")
+        lo, opt, hi = (tuple(d[i] for d in dims) for i in range(3))
+        out.append(ProfileShape(spec["name"], lo, opt, hi))
+    return out
+
+
+@dataclass
+class EngineReport:
+    key: str
+    path: Path
+    entry: dict
+    seconds: float = 0.0
+
+
+@dataclass
+class BuildReport:
+    package: Path
+    engines: dict[str, EngineReport] = field(default_factory=dict)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _int8_entry(pkg: Path, graph: str, variant: str) -> dict:
+    """The Q/DQ graph of calibration variant ``variant`` (manifest `calibration.variants`), checked and
+    reported like a prepared graph: calibration/ writes it, this build only reads it."""
+    from .check import check_graph, io_specs
+    from .trt_support import report, summarize
+
+    variants = (load_manifest(pkg).get("calibration") or {}).get("variants") or {}
+    files = {g: v.get("file") for g, v in (variants.get(variant) or {}).get("graphs", {}).items()}
+    if not files.get(graph):
+        raise DartrtError(f"{pkg} has no {graph} graph in calibration variant {variant!r} (variants: "
+                          f"{', '.join(variants) or 'none'}); INT8 engines are built from the Q/DQ graphs that "
+                          "`dartrt calibrate` writes")
+    path = pkg / files[graph]
+    check_graph(path)
+    inputs, outputs = io_specs(path)
+    kv = [io["dtype"] for io in inputs if io["name"].startswith("past_key_values.")]
+    return {"file": files[graph], "inputs": inputs, "outputs": outputs, "kv_cache_dtype": kv[0] if kv else None,
+            "trt_support": summarize(report(path))}
+
+
+def _prepared_entry(pkg: Path, graph: str, precision: str, auto_prepare: bool, variant: str, log) -> dict:
+    key = prepared_key(graph, precision)
+    if key.endswith(".int8"):
+        entry = _int8_entry(pkg, graph, variant)
+    else:
+        prepared = load_manifest(pkg).get("prepared") or {}
+        if key not in prepared:
+            if not auto_prepare:
+                raise DartrtError(f"{pkg} has no {key} graph; run graphs.prepare({str(pkg)!r}, "
+                                  f"{key.split('.')[-1]!r}) first")
+            log(f"preparing {key} (check, simplify, precision, op-support report)")
+            prepare(pkg, key.split(".")[-1], graphs=(graph,) if graph not in DECODER_GRAPHS else DECODER_GRAPHS,
+                    log=log)
+            prepared = load_manifest(pkg).get("prepared") or {}
+        entry = prepared[key]
+    if entry.get("trt_support", {}).get("unsupported"):
+        first = entry["trt_support"]["issues"][0]
+        raise DartrtError(f"{entry['file']} has {entry['trt_support']['unsupported']} node(s) the TensorRT parser "
+                          f"does not support, e.g. {first['node']} ({first['op_type']}): {first['reason']}")
+    return entry
+
+
+def build_engine(pkg_dir: str | Path, graph: str = "decode", precision: str = "fp16", *,
+                 max_batch: int = DEFAULT_MAX_BATCH, max_step_tokens: int = DEFAULT_STEP_TOKENS,
+                 timing_cache: str | Path | None = None, builder_optimization_level: int | None = None,
+                 device: int = 0, auto_prepare: bool = True, int8_variant: str = "int8", log=print) -> EngineReport:
+    """Build ``engines/<graph>.<precision>.plan`` from the prepared graph (fp16/fp32, prepared on demand)
+    or, for int8, from calibration variant ``int8_variant``, and record it in the manifest."""
+    trt = require_tensorrt()
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+    from runtime.trt_backend import device_info
+
+    if graph not in ALL_GRAPHS:
+        raise DartrtError(f"unknown graph {graph!r}: use one of {', '.join(ALL_GRAPHS)}")
+    if precision not in BUILD_PRECISIONS:
+        raise DartrtError(f"unknown precision {precision!r}: use one of {', '.join(BUILD_PRECISIONS)}")
+    pkg = Path(pkg_dir)
+    Manifest.load(pkg)
+    here = device_info(device)
+    entry = _prepared_entry(pkg, graph, precision, auto_prepare, int8_variant, log)
+    onnx_path = pkg / entry["file"]
+    shapes = derive_profile(entry["inputs"], graph, max_batch, max_step_tokens)
+    profile = Profile()
+    for s in shapes:
+        profile.add(s.name, min=s.min, opt=s.opt, max=s.max)
+    cache = str(timing_cache) if timing_cache else None
+    config = CreateConfig(profiles=[profile], load_timing_cache=cache,
+                          builder_optimization_level=builder_optimization_level)
+    start = time.perf_counter()
+    key = prepared_key(graph, precision)
+    rows = 2 * max_batch if graph in DECODER_GRAPHS else max_batch
+    log(f"building {key} on {here.describe()}: rows 1..{rows}, strongly typed")
+    try:
+        plan = EngineBytesFromNetwork(NetworkFromOnnxPath(str(onnx_path), strongly_typed=True), config=config,
+                                      save_timing_cache=cache)()
+    except Exception as exc:  # Polygraphy reports parser/builder failures as PolygraphyException
+        raise DartrtError(f"TensorRT could not build {key}: {str(exc).strip().splitlines()[-1]}") from None
+    seconds = time.perf_counter() - start
+    path = pkg / ENGINE_DIR / f"{key}.plan"
+    _write_atomic(path, bytes(plan))
+    record = {
+        "file": path.relative_to(pkg).as_posix(), "graph": graph, "precision": key.split(".")[-1],
+        "onnx": entry["file"], "onnx_sha256": sha256_file(onnx_path), "gpu": here.gpu,
+        "compute_capability": here.compute_capability, "tensorrt": trt.__version__,
+        "kv_cache_dtype": entry.get("kv_cache_dtype"), "max_batch": max_batch,
+        "profiles": [{s.name: s.to_dict() for s in shapes}],
+        "build": {"strongly_typed": True, "builder_flags": [], "builder_optimization_level":
+                  builder_optimization_level if builder_optimization_level is not None else "default (3)",
+                  "timing_cache": Path(cache).name if cache else None, "seconds": round(seconds, 1),
+                  "tool": "polygraphy " + _polygraphy_version()},
+    }
+    data = load_manifest(pkg)
+    engines = dict(data.get("engines") or {})
+    engines[key] = record
+    data["engines"] = engines
+    write_manifest(pkg, data)
+    log(f"  wrote {record['file']} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.0f}s")
+    return EngineReport(key, path, record, seconds)
+
+
+def build_engines(pkg_dir: str | Path, precision: str = "fp16", *, graphs: tuple[str, ...] = ALL_GRAPHS,
+                  **kwargs) -> BuildReport:
+    """`build_engine` for each of ``graphs`` (what `dartrt build` runs)."""
+    report = BuildReport(Path(pkg_dir))
+    for graph in graphs:
+        built = build_engine(pkg_dir, graph, precision, **kwargs)
+        report.engines[built.key] = built
+    return report
+
+
+def _polygraphy_version() -> str:
+    import polygraphy
+
+    return polygraphy.__version__
