@@ -62,12 +62,42 @@ def export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: 
                           dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True,
                           external_data=external_data, verbose=False)
     seconds = time.perf_counter() - start
+    if external_data:
+        inline_small_tensors(path)
     onnx.checker.check_model(str(path), full_check=True)
     proto = onnx.load(str(path), load_external_data=False)
     if proto.opset_import[0].version != opset and not any(o.version == opset for o in proto.opset_import):
         raise DartrtError(f"{path.name}: exporter wrote opset {[o.version for o in proto.opset_import]}, not {opset}")
     err = check_with_onnxruntime(module, path, input_names, check_args, atol)
     return ExportedGraph(path, io_specs(proto.graph.input), io_specs(proto.graph.output), seconds, err)
+
+
+def inline_small_tensors(path: Path, threshold: int = 1024) -> None:
+    """Move tiny initializers (split sizes, shapes) from the external data file back into the proto.
+
+    The dynamo exporter externalises every initializer. Shape inference, and so ``onnx.checker``'s full
+    check and every consumer that folds shapes, cannot read external data, so the small integer tensors
+    that shapes depend on must live in the model itself (onnx's own converter uses the same 1 KiB rule).
+    """
+    proto = onnx.load(str(path), load_external_data=False)
+    changed = False
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        length = int(info.get("length", 0))
+        if length > threshold:
+            continue
+        with open(path.parent / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            tensor.raw_data = f.read(length)
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        changed = True
+    if changed:
+        tmp = path.with_name(f".{path.name}.inline")
+        onnx.save(proto, str(tmp))
+        tmp.replace(path)
 
 
 def check_with_onnxruntime(module: torch.nn.Module, path: Path, input_names: list[str],

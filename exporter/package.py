@@ -77,7 +77,8 @@ def _weight_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def export_decoder_graphs(model, folder: Path, opset: int, check: bool = True) -> dict[str, ExportedGraph]:
+def export_decoder_graphs(model, folder: Path, opset: int, check: bool = True,
+                          external_data: bool | None = None) -> dict[str, ExportedGraph]:
     """prefill.onnx and decode.onnx, with batch (and decode's S) dynamic and T_max static.
 
     torch.export specialises dims that are 0 or 1 in the example inputs, so the examples use
@@ -87,7 +88,7 @@ def export_decoder_graphs(model, folder: Path, opset: int, check: bool = True) -
     past_in, present_out = cache_names(n_layer, "past_key_values"), cache_names(n_layer, "present")
     batch = torch.export.Dim("batch", min=1, max=1024)
     seq = torch.export.Dim("seq", min=1, max=cfg.seq_len)
-    external = _weight_bytes(model) > EXTERNAL_DATA_BYTES
+    external = _weight_bytes(model) > EXTERNAL_DATA_BYTES if external_data is None else external_data
     cache_dims = tuple({0: batch} for _ in past_in)
     out: dict[str, ExportedGraph] = {}
 
@@ -112,8 +113,10 @@ def export_decoder_graphs(model, folder: Path, opset: int, check: bool = True) -
 
 
 def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, opset: int = DEFAULT_OPSET,
-                   check: bool = True, log=print) -> ExportReport:
-    """Export ``ckpt`` to the package folder ``out`` (atomic; refuses to overwrite without force)."""
+                   check: bool = True, log=print, external_data: bool | None = None) -> ExportReport:
+    """Export ``ckpt`` to the package folder ``out`` (atomic; refuses to overwrite without force).
+
+    ``external_data``: None decides by size (weights over 1 GiB go to ``<graph>.onnx.data``)."""
     from runtime.manifest import write_manifest
 
     out = Path(out)
@@ -125,7 +128,7 @@ def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, op
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     tmp.chmod(0o755)
     try:
-        graphs = export_decoder_graphs(model, tmp, opset, check)
+        graphs = export_decoder_graphs(model, tmp, opset, check, external_data)
         for name, g in graphs.items():
             log(f"  {name}: exported in {g.seconds:.1f}s, onnxruntime vs torch max-abs {g.max_abs_err:.2e}")
         graphs["vq_decoder"] = export_vq(ckpt, tmp, opset, check)

@@ -111,7 +111,9 @@ class OrtBackend:
     name = "onnxruntime"
 
     def __init__(self, manifest: Manifest, providers: str = "auto", intra_op_threads: int | None = None,
-                 optimization: str = "all", log_severity: int = 3, alias_cache: bool = True) -> None:
+                 optimization: str = "all", log_severity: int = 3, alias_cache: bool = True,
+                 graph_files: dict[str, Path] | None = None) -> None:
+        """``graph_files`` overrides a graph's file (the FP16 or INT8 form of decode/prefill, say)."""
         self.manifest = manifest
         self.info: ModelInfo = manifest.info
         model = manifest.data["model"]
@@ -132,7 +134,7 @@ class OrtBackend:
                  "vq_decoder": (["token_grid"], ["image"])}
         self.sessions: dict[str, ort.InferenceSession] = {}
         for graph, (inputs, outputs) in specs.items():
-            path = manifest.graph(graph).path
+            path = Path((graph_files or {}).get(graph) or manifest.graph(graph).path)
             try:
                 session = open_session(path, self.settings, requested)
             except DartrtError:
@@ -142,6 +144,9 @@ class OrtBackend:
                 session = open_session(path, self.settings, requested)
             check_io(session, path, inputs, outputs)
             self.sessions[graph] = session
+        # The cache dtype is the graph's: FP16 graphs keep their KV cache in fp16 (half the bytes).
+        past_type = {i.name: i.type for i in self.sessions["decode"].get_inputs()}[past[0]]
+        self.cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         got = self.sessions["decode"].get_providers()
         self.providers = got
         self.device = "cuda" if got and got[0] == CUDA_EP else "cpu"
@@ -162,10 +167,10 @@ class OrtBackend:
         self._keep: list[np.ndarray] = []  # host arrays bound by pointer must outlive the run
 
     # ---- buffers ----------------------------------------------------------------------------------
-    def _zeros(self, shape: tuple[int, ...]) -> ort.OrtValue:
+    def _zeros(self, shape: tuple[int, ...], dtype=np.float32) -> ort.OrtValue:
         """A device OrtValue filled with zeros: stale slots are masked, but 0·NaN would still be NaN."""
-        value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.device, 0)
-        value.update_inplace(np.zeros(shape, dtype=np.float32))
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, self.device, 0)
+        value.update_inplace(np.zeros(shape, dtype=dtype))
         return value
 
     def _allocate(self, rows: int) -> None:
@@ -173,8 +178,9 @@ class OrtBackend:
         if rows == self._rows:
             return
         shape = (rows, *self.cache_shape)
-        self._caches = [self._zeros(shape) for _ in range(2 * self.n_layer)]
-        self._spare = [] if self.alias_cache else [self._zeros(shape) for _ in range(2 * self.n_layer)]
+        self._caches = [self._zeros(shape, self.cache_dtype) for _ in range(2 * self.n_layer)]
+        self._spare = [] if self.alias_cache else [self._zeros(shape, self.cache_dtype)
+                                                   for _ in range(2 * self.n_layer)]
         self._modulation = self._zeros((rows, 9, self.mod_width)) if self.adaln else None
         self._logits = {}
         self._rows = rows

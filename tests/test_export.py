@@ -1,0 +1,47 @@
+"""Export details: external data, the opset guard, and atomic package writes."""
+
+import onnx
+import pytest
+
+from dar.checkpoint import random_checkpoint
+from exporter import export_package
+from runtime.errors import DartrtError
+from runtime.manifest import load_manifest
+
+
+def test_external_data_package_loads_and_runs(tmp_path):
+    """The large-model path (weights in <graph>.onnx.data) on a tiny model: small shape tensors are
+    inlined so the full checker and shape inference work, and the hashes cover the data files."""
+    import runtime
+
+    pkg = tmp_path / "pkg"
+    report = export_package(random_checkpoint("tiny-llamagen"), pkg, external_data=True, log=lambda *_: None)
+    assert report.graphs["decode"].max_abs_err <= 1e-4
+    assert (pkg / "decode.onnx.data").is_file() and (pkg / "prefill.onnx.data").is_file()
+    manifest = load_manifest(pkg)
+    assert "decode.onnx.data" in manifest["files"]
+    proto = onnx.load(str(pkg / "decode.onnx"), load_external_data=False)
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and all(int({e.key: e.value for e in t.external_data}["length"]) > 1024 for t in external)
+    images = runtime.generate(str(pkg), [1], seed=0)
+    assert images[0].size == (16, 16)
+
+
+@pytest.mark.parametrize("opset", [17, 26])
+def test_broken_opsets_are_refused(opset, tmp_path):
+    with pytest.raises(DartrtError, match="outside 18..25"):
+        export_package(random_checkpoint("tiny-dar"), tmp_path / "p", opset=opset, log=lambda *_: None)
+    assert not (tmp_path / "p").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".p.tmp")]  # no half package left
+
+
+def test_force_replaces_atomically(tmp_path):
+    pkg = tmp_path / "pkg"
+    ckpt = random_checkpoint("tiny-1d")
+    export_package(ckpt, pkg, log=lambda *_: None)
+    with pytest.raises(DartrtError, match="already exists"):
+        export_package(ckpt, pkg, log=lambda *_: None)
+    first = load_manifest(pkg)["files"]
+    export_package(random_checkpoint("tiny-1d", seed=3), pkg, force=True, log=lambda *_: None, check=False)
+    assert load_manifest(pkg)["files"] != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
