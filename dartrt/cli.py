@@ -178,15 +178,16 @@ def export_cmd(source, out, opset, force):
               help="Measure image quality afterwards and write metrics.json.")
 @click.option("--threads", type=int, default=2, show_default=True,
               help="torch threads (use 1 on a machine shared with other jobs: oversubscription is far slower).")
+@click.option("--reuse-classifier", is_flag=True, help="Keep the (seeded) classifier already in --out.")
 @one_line_errors
-def train_demo_cmd(out, quick, run_eval, threads):
+def train_demo_cmd(out, quick, run_eval, threads, reuse_classifier):
     """Retrain the bundled demo (classifier, VQ tokenizer, DAR) from scratch, seeded, on the CPU."""
     import dataclasses
 
     from dar.demo.train import QUICK, DemoRecipe, train_demo
 
     recipe = dataclasses.replace(QUICK if quick else DemoRecipe(), threads=threads)
-    report = train_demo(out, recipe, log=click.echo)
+    report = train_demo(out, recipe, log=click.echo, reuse_classifier=reuse_classifier)
     click.echo(f"trained in {report['timings_seconds']['total']:.0f}s: {report['timings_seconds']}")
     if run_eval:
         _eval_demo(out, n_per_class=2 if quick else 50, seed=0, backend="torch", write=True)

@@ -40,13 +40,18 @@ def init_for_training(model: Transformer) -> None:
 
 
 def train_dar(cfg: ModelConfig, codebook: torch.Tensor, token_grids: np.ndarray, labels: np.ndarray,
-              opts: TrainDAROptions, progress: bool = True) -> tuple[Transformer, dict]:
-    """token_grids [N, G, G] int64 with class labels [N]; returns the model and its training log."""
+              opts: TrainDAROptions, progress: bool = True,
+              model: Transformer | None = None) -> tuple[Transformer, dict]:
+    """token_grids [N, G, G] int64 with class labels [N]; returns the model and its training log.
+
+    With ``model`` the run continues from its weights (a warm restart of the LR schedule): the demo
+    recipe trains in phases."""
     torch.manual_seed(opts.seed)
-    model = build_model(cfg, seed=opts.seed)
-    with torch.no_grad():
-        model.tok_codebook.copy_(codebook)
-    init_for_training(model)
+    if model is None:
+        model = build_model(cfg, seed=opts.seed)
+        with torch.no_grad():
+            model.tok_codebook.copy_(codebook)
+        init_for_training(model)
     model.train()
     order = make_order(cfg.order, cfg.grid_size)
     seqs = torch.from_numpy(gather_from_grid(token_grids, order).astype(np.int64))
@@ -77,7 +82,7 @@ def train_dar(cfg: ModelConfig, codebook: torch.Tensor, token_grids: np.ndarray,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.1e}")
     seconds = time.perf_counter() - start
