@@ -314,8 +314,8 @@ def build_cmd(package, precision, max_batch, timing_cache, graphs):
 @click.argument("package", type=click.Path(file_okay=False))
 @click.option("--samples", type=int, default=64, show_default=True,
               help="Decode calls recorded (stratified over positions); the KV caches make each one MBs.")
-@click.option("--method", type=click.Choice(["entropy", "max"]), default="entropy", show_default=True,
-              help="Activation range calibration for the Q/DQ formats.")
+@click.option("--method", type=click.Choice(["entropy", "max"]), default="max", show_default=True,
+              help="Activation range calibration for the Q/DQ formats (max: no clipping; entropy: KL clipping).")
 @click.option("--format", "formats", type=click.Choice(["qdq", "qdq-ort", "dynamic", "weight-only"]),
               multiple=True, help="INT8 variant (repeatable). qdq: ModelOpt W8A8 Q/DQ (TensorRT); qdq-ort: "
               "onnxruntime static Q/DQ; dynamic / weight-only: onnxruntime CPU paths. Default: qdq.")
@@ -328,18 +328,21 @@ def build_cmd(package, precision, max_batch, timing_cache, graphs):
 @click.option("--eval-n", type=int, default=0, show_default=True,
               help="Demo model only: images per class for class accuracy / Fréchet distance (0: skip).")
 @click.option("--sensitivity", is_flag=True, help="Also rank layer groups by INT8 cost and report the trade-off.")
+@click.option("--auto-keep/--no-auto-keep", default=True, show_default=True,
+              help="If the qdq variant misses top-1 0.95, keep its costliest sublayer kinds in high precision.")
 @click.option("--reuse-traces", is_flag=True, help="Keep the recorded traces instead of re-recording them.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @one_line_errors
 def calibrate_cmd(package, samples, method, formats, high_precision, keep, source, images, eval_n, sensitivity,
-                  reuse_traces, seed):
+                  auto_keep, reuse_traces, seed):
     """Record real generation traces into PACKAGE, write INT8 graphs under PACKAGE/calibration/, and
     print how they compare with FP32 on the CPU (also written to calibration/report.json)."""
     from calibration.run import CalibrateOptions, calibrate, format_table
 
     opts = CalibrateOptions(samples=samples, method=method, formats=tuple(formats) or ("qdq",),
                             high_precision=high_precision, keep=tuple(keep), source=source, images=images,
-                            eval_n=eval_n, sensitivity=sensitivity, reuse_traces=reuse_traces, seed=seed)
+                            eval_n=eval_n, sensitivity=sensitivity, auto_keep=auto_keep, reuse_traces=reuse_traces,
+                            seed=seed)
     report = calibrate(package, opts, log=lambda msg: click.echo(msg, err=True))
     click.echo(format_table(report))
     click.echo(f"wrote {Path(package) / 'calibration' / 'report.json'} ({report['seconds']:.0f}s)")

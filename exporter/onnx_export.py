@@ -8,6 +8,7 @@ works), shape inference, and a real onnxruntime run against the eager module.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import time
@@ -107,6 +108,12 @@ def check_with_onnxruntime(module: torch.nn.Module, path: Path, input_names: lis
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # The check is about numbers, not speed: no weight pre-packing, no arena and only basic rewrites,
+    # so a multi-GB graph costs one copy of its weights (DAR-XL must check on a 24 GB machine).
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.enable_cpu_mem_arena = False
+    opts.add_session_config_entry("session.disable_prepacking", "1")
+    gc.collect()
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     worst = 0.0
     for args in check_args:
