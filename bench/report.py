@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from runtime.fileio import atomic_write_json
 
 ROWS = (  # (timing key, label, divide by tokens per image)
     ("prefill", "prefill", False),
@@ -129,16 +128,5 @@ def strict_json(value):
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temp file in the same folder, then rename: a reader never sees half a report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(strict_json(data), fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Strict JSON (NaN/inf as null), written atomically: a reader never sees half a report."""
+    atomic_write_json(path, strict_json(data), allow_nan=False)

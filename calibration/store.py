@@ -9,36 +9,16 @@ every file so the runtime's hash check covers the traces and the quantized graph
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from runtime.errors import DartrtError
+from runtime.fileio import atomic_write
 from runtime.manifest import FORMAT, MANIFEST_NAME, write_manifest
 
 CALIBRATION_DIR = "calibration"
 TRACES_DIR = f"{CALIBRATION_DIR}/traces"
 REPORT_FILE = f"{CALIBRATION_DIR}/report.json"
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a hidden sibling, then rename it over ``path``.
-
-    The temporary name starts with '.', so `package_files` (and so the manifest) never lists it even
-    if the process dies half-way."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def atomic_json(path: str | Path, data: dict) -> None:

@@ -7,8 +7,6 @@ modules, so a checkpoint loads without running any code from the file. Every wri
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from runtime.errors import DartrtError
+from runtime.fileio import atomic_write
 
 from .config import ModelConfig, get_preset
 from .importers import load_checked
@@ -40,20 +39,6 @@ class Checkpoint:
     @property
     def config(self) -> ModelConfig:
         return self.model.cfg
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so a failure never leaves half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_checkpoint(folder: str | Path, model: Transformer, vq: VQDecoder, image_size: int) -> None:

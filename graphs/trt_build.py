@@ -21,13 +21,12 @@ elsewhere refuses it by name (`runtime.trt_backend.check_engine_compatible`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import DartrtError
+from runtime.fileio import atomic_write_bytes
 from runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
 
 from .prepare import ALL_GRAPHS, DECODER_GRAPHS, prepare, prepared_key
@@ -108,16 +107,7 @@ class BuildReport:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, data)
 
 
 def _int8_entry(pkg: Path, graph: str, variant: str) -> dict:

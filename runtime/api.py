@@ -10,8 +10,8 @@ import os
 
 from .backend import Backend
 from .errors import DartrtError
-from .pipeline import generate_with_backend
 from .package import open_package_backend
+from .pipeline import generate_with_backend
 from .scheduler import StepCallback
 
 

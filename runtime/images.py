@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .fileio import atomic_write
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -16,17 +16,8 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def save_png(image: Image.Image, path: str | Path) -> None:
-    """Write a PNG atomically: a temp file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write a PNG atomically."""
+    atomic_write(path, lambda p: image.save(p, format="PNG"))
 
 
 def make_grid(images: np.ndarray, nrow: int, labels: list[str] | None = None, pad: int = 2) -> Image.Image:

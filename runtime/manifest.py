@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .backend import ModelInfo
 from .errors import DartrtError
+from .fileio import atomic_write_text
 
 FORMAT = "dartrt-package"
 FORMAT_VERSION = 1
@@ -64,15 +63,7 @@ def write_manifest(pkg_dir: str | Path, manifest: dict) -> dict:
                      for rel in package_files(root)}
     data.setdefault("engines", {})
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a package is meant to be shared
-        os.replace(tmp, root / MANIFEST_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(root / MANIFEST_NAME, text)
     return data
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from runtime.fileio import atomic_write
 
 from .shapes import IMAGE_SIZE, NUM_CLASSES, make_batch
 
@@ -170,28 +171,14 @@ def train_classifier(
     return model, metrics
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same directory and os.replace it, so that a reader never sees a
-    half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_classifier(model: ShapeClassifier, directory: str | os.PathLike) -> None:
     """Write ``classifier.safetensors`` and ``classifier.json`` (its config) into ``directory``."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     text = json.dumps(dataclasses.asdict(model.config), indent=2) + "\n"
-    _atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text))
+    atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(text))
 
 
 def load_classifier(directory: str | os.PathLike) -> ShapeClassifier:

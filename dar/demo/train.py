@@ -55,10 +55,11 @@ def tokenize(vq, n_images: int, batch: int = 500, seed_split: str = "train") -> 
     return np.concatenate(grids), np.concatenate(labels)
 
 
-def train_demo(out: str | Path, recipe: DemoRecipe = DemoRecipe(), progress: bool = True, log=print,
+def train_demo(out: str | Path, recipe: DemoRecipe | None = None, progress: bool = True, log=print,
                reuse_classifier: bool = False) -> dict:
     """``reuse_classifier`` keeps a classifier already in ``out`` (it is seeded, so retraining it gives
     the same judge; reuse saves minutes when only the generator changes)."""
+    recipe = recipe or DemoRecipe()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(recipe.threads)
