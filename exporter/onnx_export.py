@@ -20,14 +20,10 @@ import numpy as np
 import onnx
 import torch
 
+from graphs.check import value_specs
 from runtime.errors import DartrtError
 
 MIN_OPSET, MAX_OPSET = 18, 25
-ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-               onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64",
-               onnx.TensorProto.INT32: "int32", onnx.TensorProto.BOOL: "bool", onnx.TensorProto.INT8: "int8",
-               onnx.TensorProto.UINT8: "uint8"}
-
 
 @dataclass
 class ExportedGraph:
@@ -36,16 +32,6 @@ class ExportedGraph:
     outputs: list[dict]
     seconds: float
     max_abs_err: float
-
-
-def io_specs(values) -> list[dict]:
-    """ONNX value infos → [{'name', 'dtype', 'shape'}], symbolic dims as their names."""
-    specs = []
-    for v in values:
-        tt = v.type.tensor_type
-        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim]
-        specs.append({"name": v.name, "dtype": ONNX_DTYPES.get(tt.elem_type, str(tt.elem_type)), "shape": shape})
-    return specs
 
 
 def export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str],
@@ -70,7 +56,7 @@ def export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: 
     if proto.opset_import[0].version != opset and not any(o.version == opset for o in proto.opset_import):
         raise DartrtError(f"{path.name}: exporter wrote opset {[o.version for o in proto.opset_import]}, not {opset}")
     err = check_with_onnxruntime(module, path, input_names, check_args, atol)
-    return ExportedGraph(path, io_specs(proto.graph.input), io_specs(proto.graph.output), seconds, err)
+    return ExportedGraph(path, value_specs(proto.graph.input), value_specs(proto.graph.output), seconds, err)
 
 
 def inline_small_tensors(path: Path, threshold: int = 1024) -> None:

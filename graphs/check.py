@@ -73,15 +73,17 @@ def io_specs(path: str | Path) -> tuple[list[dict], list[dict]]:
     model = onnx.load(str(path), load_external_data=False)
     init = {i.name for i in model.graph.initializer}
 
-    def specs(values) -> list[dict]:
-        out = []
-        for v in values:
-            tt = v.type.tensor_type
-            shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim]
-            out.append({"name": v.name, "dtype": ONNX_DTYPES.get(tt.elem_type, str(tt.elem_type)), "shape": shape})
-        return out
+    return value_specs(v for v in model.graph.input if v.name not in init), value_specs(model.graph.output)
 
-    return specs(v for v in model.graph.input if v.name not in init), specs(model.graph.output)
+
+def value_specs(values) -> list[dict]:
+    """ONNX value infos → [{'name', 'dtype', 'shape'}], symbolic dims by name."""
+    out = []
+    for v in values:
+        tt = v.type.tensor_type
+        shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in tt.shape.dim]
+        out.append({"name": v.name, "dtype": ONNX_DTYPES.get(tt.elem_type, str(tt.elem_type)), "shape": shape})
+    return out
 
 
 def load_inferred(path: str | Path) -> onnx.ModelProto:
