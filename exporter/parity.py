@@ -215,7 +215,7 @@ def graph_checks(manifest: Manifest) -> list[Check]:
     I/O names, dtypes and ranks against what the manifest promises the runtime."""
     import onnx
 
-    from .onnx_export import io_specs
+    from graphs.check import value_specs
 
     rows = []
     for name in manifest.data["graphs"]:
@@ -224,8 +224,8 @@ def graph_checks(manifest: Manifest) -> list[Check]:
             onnx.checker.check_model(str(spec.path), full_check=True)
             proto = onnx.load(str(spec.path), load_external_data=False)
             inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
-            problems = _io_mismatches(io_specs(proto.graph.input), spec.inputs, "input")
-            problems += _io_mismatches(io_specs(proto.graph.output), spec.outputs, "output")
+            problems = _io_mismatches(value_specs(proto.graph.input), spec.inputs, "input")
+            problems += _io_mismatches(value_specs(proto.graph.output), spec.outputs, "output")
             opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
             detail = (f"checker + strict shape inference ok; opset {opset}, {len(proto.graph.node)} nodes, "
                       f"{len(inferred.graph.value_info)} inferred values")
