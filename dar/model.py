@@ -78,7 +78,10 @@ class Attention(nn.Module):
         if cache is not None:
             k = kv_write(cache[0], k, write_index)
             v = kv_write(cache[1], v, write_index)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim))
+        # mask None is the plain causal pass: is_causal lets torch pick its fused (flash) CPU kernel, which
+        # an explicit mask rules out; training is ~2x faster for it.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           scale=1.0 / math.sqrt(self.head_dim))
         return self.wo(y.transpose(1, 2).reshape(b, s, -1)), (k, v)
 
 
@@ -232,7 +235,6 @@ class Transformer(nn.Module):
         h = torch.cat([self.cls_embedding(class_ids)[:, None], self.embed_tokens(tokens)], dim=1)
         n = h.shape[1]
         cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions[:n], self.cfg.rope)
-        mask = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
         mod = None
         if self.cfg.adaln and gather_modulation:
             # A one-hot matmul, not an index: its backward is a matmul instead of a scatter-add.
@@ -241,7 +243,7 @@ class Transformer(nn.Module):
         elif self.cfg.adaln:
             cond = self.cls_embedding(class_ids)[:, None] + self.dir_embedding(direction[:n])[None]
             mod = self._modulate(cond)
-        logits, _ = self._blocks(h, cos, sin, mask, None, None, mod)
+        logits, _ = self._blocks(h, cos, sin, None, None, None, mod)
         return logits
 
 

@@ -122,3 +122,16 @@ def test_write_manifest_replaces_files_and_stamps_format(pkg):
     data = write_manifest(pkg, {**_manifest(), "format_version": 0, "files": {"stale": {}}})
     assert data["format_version"] == FORMAT_VERSION and "stale" not in data["files"]
     assert load_manifest(pkg)["files"]["extra.bin"]["bytes"] == 3
+
+
+def test_trace_data_is_size_checked_at_open(pkg):
+    """Calibration traces are data no backend runs: opening a package checks their size but leaves the
+    hash to the trace loader (calibration.traceset), so `generate` does not hash 100+ MB per start."""
+    traces = pkg / "calibration" / "traces"
+    traces.mkdir(parents=True)
+    (traces / "decode.npz").write_bytes(b"\0" * 4096)
+    write_manifest(pkg, load_manifest(pkg))
+    (traces / "decode.npz").write_bytes(b"\1" * 4096)  # same size, other bytes
+    load_manifest(pkg)  # opens: not hashed here
+    (traces / "decode.npz").write_bytes(b"\1" * 100)
+    assert "truncated" in _error(pkg)
