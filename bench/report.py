@@ -16,7 +16,7 @@ ROWS = (  # (timing key, label, divide by tokens per image)
     ("image", "  per token", True),
     ("vq_decode", "VQ decode", False),
 )
-LABEL_W, CELL_W = 26, 30
+LABEL_W, CELL_W = 26, 32
 
 
 def fmt_time(seconds: float) -> str:
@@ -76,6 +76,51 @@ def _batch_table(b: dict, labels: list[str]) -> list[str]:
     return lines
 
 
+PRECISION_COLS = (("per image", 14), ("vs ORT fp32", 13), ("vs torch", 10), ("weights/step", 14),
+                  ("image/floor", 13), ("top-1 vs fp32 rows/guided", 27), ("tokens = fp32", 0))
+
+
+def _precision_table(b: dict, labels: list[str]) -> list[str]:
+    """One line per onnxruntime precision: per-image time, how many times faster than ORT FP32 and
+    torch (same run), its own weight bytes and floor, and its agreement with FP32 (teacher-forced)."""
+    base, variants = labels[0], list(b["precisions"])
+    ref = next((lab for lab in labels if lab.startswith("torch-")), None)
+    torch_x = b.get("speedup", {}).get("image")
+    width = max(LABEL_W, *(len(lab) + 2 for lab in variants))
+    lines = [f"by precision, whole image (speed-up > 1: faster; top-1 over {b['rows']} rows x "
+             f"{_steps(b)} teacher-forced calls on the bench's filler tokens)",
+             " " * width + _cols([name for name, _ in PRECISION_COLS])]
+
+    def line(label: str, vs_fp32: float, vs_torch: float | None, parity: dict | None) -> str:
+        fl, d = b["floors"][label], b["derived"][label]
+        agree = (f"{parity['top1_rows']:.3f} / " + (f"{parity['top1_guided']:.3f}" if parity["top1_guided"] is not None
+                                                     else "n/a")) if parity else "(reference)"
+        tokens = f"{parity['image_tokens_match_share']:.0%}" if parity else ""
+        cells = [fmt_time(d["per_image_s"]), fmt_x2(vs_fp32), fmt_x2(vs_torch) if ref else "-",
+                 fmt_bytes(fl["step_weights"]), fmt_x(d["image_vs_floor"]), agree, tokens]
+        return f"{label:<{width}}" + _cols(cells)
+
+    lines.append(line(base, 1.0, torch_x, None))
+    for lab in variants:
+        v = b["precisions"][lab]
+        lines.append(line(lab, v["speedup_vs_fp32"]["image"], (v["speedup_vs_torch"] or {}).get("image"),
+                          v["parity_vs_fp32"]))
+    return lines
+
+
+def _steps(b: dict) -> int:
+    first = next(iter(b["precisions"].values()))
+    return int(first["parity_vs_fp32"]["teacher_forced_steps"])
+
+
+def _cols(cells: list[str]) -> str:
+    return "".join(f"{c:<{w}}" if w else c for c, (_, w) in zip(cells, PRECISION_COLS))
+
+
+def fmt_x2(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None and math.isfinite(value) else "n/a"
+
+
 def _accelerator_table(acc: dict) -> list[str]:
     bw = acc["bandwidth"]
     lines = [f"{acc['device']} ({acc['name']}): torch eager vs CUDA graph, one decode step; "
@@ -111,6 +156,8 @@ def format_table(report: dict) -> str:
         lines.append(f"reference: {ref['source']}; logits max-abs vs onnxruntime {ref['max_abs_logits']:.1e} ({same})")
     for b in report["batches"]:
         lines += ["", *_batch_table(b, labels)]
+        if b.get("precisions"):
+            lines += ["", *_precision_table(b, labels)]
     if report.get("accelerator"):
         lines += ["", *_accelerator_table(report["accelerator"])]
     return "\n".join(lines)

@@ -159,11 +159,13 @@ class Roofline:
             head_dim = int(kv.get("head_dim", model.get("head_dim") or model["d_model"] // model["n_head"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise DartrtError(f"{manifest.root}: manifest lacks the cache geometry ({exc!r})") from None
-        kv_dtype = str(kv.get("dtype", "float32"))
+        decode = manifest.graph("decode")
+        inputs = {io["name"]: io for io in decode.inputs}
+        # The cache dtype is the decode graph's (a prepared FP16 graph keeps an fp16 cache), else the package's.
+        kv_dtype = str((inputs.get("past_key_values.0.key") or {}).get("dtype") or kv.get("dtype", "float32"))
         if kv_dtype not in DTYPE_ITEMSIZE:
             raise DartrtError(f"{manifest.root}: unknown kv_cache dtype {kv_dtype!r}")
-        decode = manifest.graph("decode")
-        mod = {io["name"]: io for io in decode.inputs}.get("adaln_modulation")
+        mod = inputs.get("adaln_modulation")
         mod_width = int(manifest.adaln_width or (mod["shape"][-1] if mod else 0))
         mod_itemsize = DTYPE_ITEMSIZE.get(str(mod.get("dtype", "float32")), 4) if mod else 0
         return cls(graph_reads(manifest.graph("prefill").path), graph_reads(decode.path), n_layer, heads,

@@ -29,9 +29,13 @@ class GraphCalls(Protocol):
 
 @dataclass
 class Side:
+    """``engine``: onnxruntime or torch; ``precision``: fp32 or the calibration variant it runs."""
+
     label: str
     backend: Backend
     graph: GraphCalls
+    engine: str = "onnxruntime"
+    precision: str = "fp32"
 
 
 class OrtGraphCalls:

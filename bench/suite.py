@@ -13,8 +13,11 @@ graph time is prefill-graph + (N-1) × step-graph, N the tokens per image. It sp
 scheduler loop).
 
 Each figure sits next to the bandwidth floor (`bench.roofline`) with the bandwidth measured in the same
-run (`bench.bandwidth`), before and after the timings. On a machine with CUDA, the torch reference is
-also timed on the GPU, eager and replayed from a CUDA graph (`bench.cuda_graph`), next to the HBM floor.
+run (`bench.bandwidth`), before and after the timings. Other precisions of the package (``precisions``:
+the INT8 calibration variants, FP16) run as further onnxruntime sides in the same round-robin, each
+priced by its own graphs' bytes and compared with ORT FP32 (`bench.precisions`). On a machine with
+CUDA, the torch reference is also timed on the GPU, eager and replayed from a CUDA graph
+(`bench.cuda_graph`), next to the HBM floor.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from runtime.package import Package
 from runtime.scheduler import build_request, sample_tokens
 
 from .bandwidth import DEFAULT_BYTES, Bandwidth, cuda_copy_bandwidth, host_read_bandwidth
+from .precisions import FP32, FillTrace, open_precision, resolve_precisions, top1_agreement
 from .report import format_table, write_json_atomic
 from .roofline import Roofline, floor_seconds
 from .sides import OrtGraphCalls, Side, TorchGraphCalls
@@ -128,26 +132,55 @@ class Inputs:
         return self.rows, self.positions[:1], self.directions[:1]
 
 
-def _fill(backend, inputs: Inputs, write_index: int) -> np.ndarray:
-    """Prefill, then run the model up to ``write_index`` - 1 so the cache holds real keys/values."""
-    backend.prefill(*inputs.prefill_args())
-    for t in range(1, write_index):
-        backend.step(*inputs.step_args(t))
-    return backend.step(*inputs.step_args(write_index))
+def _fill(backend, inputs: Inputs, write_index: int, trace: FillTrace | None = None,
+          cfg_scale: float | None = None) -> np.ndarray:
+    """Prefill, then run the model up to ``write_index`` - 1 so the cache holds real keys/values;
+    returns the logits at ``write_index``. ``trace`` collects every call's argmax (the fill is
+    teacher-forced: every side is fed the same tokens), for the parity of a variant vs fp32."""
+    logits = backend.prefill(*inputs.prefill_args())
+    for t in range(1, write_index + 1):
+        if trace is not None:
+            trace.add(logits, cfg_scale)
+        logits = backend.step(*inputs.step_args(t))
+    if trace is not None:
+        trace.add(logits, cfg_scale)
+    return logits
+
+
+def _floors(roofline: Roofline, rows: int, write_index: int, bandwidth: float) -> dict:
+    """One side's bytes and floors: the weights are its own graphs' (INT8 variants read ~1/4)."""
+    step = roofline.decode_step(rows, write_index + 1)
+    image = roofline.image_bytes(rows)
+    return {"step_weights": step.weights, "step_total": step.total,
+            "step_floor_s": floor_seconds(step.total, bandwidth),
+            "image_bytes": image, "image_floor_s": floor_seconds(image, bandwidth)}
+
+
+def _speedups(timings: dict[str, dict[str, Stats]], over: str, label: str) -> dict[str, float]:
+    """How many times faster ``label`` is than ``over``, per timing key (> 1: ``label`` is faster)."""
+    return {k: v[over].median_s / v[label].median_s for k, v in timings.items()}
 
 
 # ---- one batch size -----------------------------------------------------------------------------------
 def bench_batch(sides: list[Side], roofline: Roofline, info, batch: int, cfg_scale: float | None,
-                repeats: int, warmup: int, write_index: int, bandwidth: float, log: Log) -> dict:
-    """Every measurement of one batch size, interleaved across ``sides``; see the module docstring."""
+                repeats: int, warmup: int, write_index: int, bandwidth: float, log: Log,
+                rooflines: dict[str, Roofline] | None = None) -> dict:
+    """Every measurement of one batch size, interleaved across ``sides``; see the module docstring.
+
+    ``sides[0]`` is onnxruntime FP32, the baseline of every ratio; a torch side is the reference; the
+    other onnxruntime sides are variants, each priced by its own roofline (``rooflines[label]``)."""
     cfg = cfg_scale is not None
     inputs = Inputs(info, batch, cfg)
     rows, n_tok = len(inputs.rows), info.seq_len
     timings: dict[str, dict[str, Stats]] = {}
     parity: dict[str, float] = {}
+    base = sides[0].label
+    ref = next((s.label for s in sides if s.engine == "torch"), None)
+    variants = [s for s in sides if s.engine != "torch" and s.precision != FP32]
+    rooflines = {s.label: (rooflines or {}).get(s.label, roofline) for s in sides}
 
     log(f"batch {batch}: prefill")
-    first = [s.backend.prefill(*inputs.prefill_args()) for s in sides]
+    first = {s.label: s.backend.prefill(*inputs.prefill_args()) for s in sides}
     cases: dict[str, Callable[[], object]] = {}
     for s in sides:
         cases[f"{s.label}/api"] = lambda s=s: s.backend.prefill(*inputs.prefill_args())
@@ -156,14 +189,15 @@ def bench_batch(sides: list[Side], roofline: Roofline, info, batch: int, cfg_sca
                                                           sides)
 
     log(f"batch {batch}: decode step at write index {write_index}")
-    at_w = [_fill(s.backend, inputs, write_index) for s in sides]
+    traces = {s.label: FillTrace() for s in sides}
+    at_w = {s.label: _fill(s.backend, inputs, write_index, traces[s.label], cfg_scale) for s in sides}
     cases = {}
     for s in sides:
         cases[f"{s.label}/api"] = lambda s=s: s.backend.step(*inputs.step_args(write_index))
         cases[f"{s.label}/graph"] = s.graph.step(*inputs.step_args(write_index))
     timings["step"], timings["step_graph"] = _split(time_interleaved(cases, repeats, warmup, burst_s=BURST_S), sides)
-    if len(sides) > 1:
-        parity = {"prefill_max_abs": _max_abs(first[0], first[1]), "step_max_abs": _max_abs(at_w[0], at_w[1])}
+    if ref is not None:
+        parity = {"prefill_max_abs": _max_abs(first[base], first[ref]), "step_max_abs": _max_abs(at_w[base], at_w[ref])}
 
     log(f"batch {batch}: whole image ({n_tok} tokens)")
     request = build_request(sides[0].backend, [int(c) for c in inputs.classes], cfg=cfg_scale if cfg else 1.0,
@@ -174,9 +208,8 @@ def bench_batch(sides: list[Side], roofline: Roofline, info, batch: int, cfg_sca
         tokens[s.label] = sample_tokens(s.backend, request)
 
     timings["image"] = time_interleaved({s.label: (lambda s=s: image(s)) for s in sides}, repeats, warmup)
-    if len(sides) > 1:
-        a, b = (tokens[s.label] for s in sides[:2])
-        parity["image_tokens_match_share"] = float(np.mean(a == b))
+    if ref is not None:
+        parity["image_tokens_match_share"] = float(np.mean(tokens[base] == tokens[ref]))
 
     log(f"batch {batch}: VQ decode")
     timings["vq_decode"] = time_interleaved({s.label: (lambda s=s: s.backend.decode_vq(inputs.grids))
@@ -185,17 +218,20 @@ def bench_batch(sides: list[Side], roofline: Roofline, info, batch: int, cfg_sca
     step_bytes = roofline.decode_step(rows, write_index + 1)
     image_bytes = roofline.image_bytes(rows)
     step_floor, image_floor = floor_seconds(step_bytes.total, bandwidth), floor_seconds(image_bytes, bandwidth)
+    floors = {s.label: _floors(rooflines[s.label], rows, write_index, bandwidth) for s in sides}
     derived = {}
     for s in sides:
         t = {k: v[s.label].median_s for k, v in timings.items()}
+        own_step, own_image = floors[s.label]["step_floor_s"], floors[s.label]["image_floor_s"]
         graph_time = t["prefill_graph"] + (n_tok - 1) * t["step_graph"]
         binding = (t["prefill"] - t["prefill_graph"]) + (n_tok - 1) * (t["step"] - t["step_graph"])
         outside = 1.0 - graph_time / t["image"]
         derived[s.label] = {
             "image_per_step_s": t["image"] / n_tok,
-            "step_graph_vs_floor": _ratio(t["step_graph"], step_floor),
-            "step_vs_floor": _ratio(t["step"], step_floor),
-            "image_vs_floor": _ratio(t["image"], image_floor),
+            "per_image_s": t["image"] / batch,
+            "step_graph_vs_floor": _ratio(t["step_graph"], own_step),
+            "step_vs_floor": _ratio(t["step"], own_step),
+            "image_vs_floor": _ratio(t["image"], own_image),
             "outside_graph_share": outside,
             "binding_share": binding / t["image"],
             "sampling_share": outside - binding / t["image"],
@@ -210,10 +246,19 @@ def bench_batch(sides: list[Side], roofline: Roofline, info, batch: int, cfg_sca
         "timings": {k: _stats(v) for k, v in timings.items()},
         "derived": derived,
         "parity": parity,
+        "floors": floors,
+        "precisions": {s.label: {
+            "precision": s.precision,
+            "speedup_vs_fp32": _speedups(timings, base, s.label),
+            "speedup_vs_torch": _speedups(timings, ref, s.label) if ref else None,
+            "parity_vs_fp32": {"prefill_max_abs": _max_abs(first[base], first[s.label]),
+                               "step_max_abs": _max_abs(at_w[base], at_w[s.label]),
+                               **top1_agreement(traces[base], traces[s.label]),
+                               "image_tokens_match_share": float(np.mean(tokens[base] == tokens[s.label]))},
+        } for s in variants},
     }
-    if len(sides) > 1:
-        ort, ref = sides[0].label, sides[1].label
-        result["speedup"] = {k: v[ref].median_s / v[ort].median_s for k, v in timings.items()}
+    if ref is not None:
+        result["speedup"] = _speedups(timings, ref, base)  # torch time / ORT FP32 time
     return result
 
 
@@ -321,12 +366,14 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
               source: str | None = None, device: str = "cpu", json_path: str | Path | None = None, *,
               warmup: int = 1, threads: int | None = None, use_torch: bool = True,
               accelerator: bool | None = None, bandwidth_bytes: int = DEFAULT_BYTES,
-              echo: Log | None = print, log: Log | None = None) -> dict:
+              precisions: tuple[str, ...] = (), echo: Log | None = print, log: Log | None = None) -> dict:
     """Bench the package at ``pkg_dir``; returns the report (schema ``dartrt-bench/1``).
 
     ``device``: where the main comparison runs (onnxruntime's EP and torch). ``accelerator``: the
-    torch eager vs CUDA-graph section; None = when torch sees a CUDA GPU. ``json_path`` is written
-    atomically; ``echo`` gets the table, ``log`` the progress lines.
+    torch eager vs CUDA-graph section; None = when torch sees a CUDA GPU. ``precisions``: calibration
+    variants (``int8-dynamic``, ...; ``all`` = every one that runs on ``device``) timed as further
+    onnxruntime sides next to FP32 (see `bench.precisions`). ``json_path`` is written atomically;
+    ``echo`` gets the table, ``log`` the progress lines.
     """
     from runtime.ort_backend import OrtBackend, usable_cpus
 
@@ -341,6 +388,7 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
         raise DartrtError(f"{pkg_dir}: a {info.seq_len}-token model has no mid-sequence decode step to time")
     write_index = info.seq_len // 2
     cfg_scale = (info.default_cfg if info.default_cfg != 1.0 else 4.0) if cfg else None
+    chosen = resolve_precisions(package.manifest, precisions, device, pkg_dir)
 
     ort = OrtBackend(manifest, providers=device, intra_op_threads=threads)
     sides = [Side(f"onnxruntime-{ort.device}", ort, OrtGraphCalls(ort))]
@@ -356,14 +404,20 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
             raise DartrtError("device cuda: torch sees no CUDA GPU")
         ckpt = reference_checkpoint(package.manifest, source)
         reference_backend = TorchBackend(copy.deepcopy(ckpt), device=device)
-        sides.append(Side(f"torch-{device}", reference_backend, TorchGraphCalls(reference_backend)))
+        sides.append(Side(f"torch-{device}", reference_backend, TorchGraphCalls(reference_backend), engine="torch"))
         reference = {"source": ckpt.source}
+    rooflines = {}
+    for p in chosen[1:]:
+        variant, view = open_precision(pkg_dir, manifest, p, device, threads)
+        label = f"onnxruntime-{variant.device}[{p.name}]"
+        sides.append(Side(label, variant, OrtGraphCalls(variant), precision=p.name))
+        rooflines[label] = Roofline.from_manifest(view)
     threads_ctx = torch_threads(threads) if use_torch else contextlib.nullcontext()
     with threads_ctx:
         log("memory bandwidth")
         bw_before = _measure_bandwidth(device, bandwidth_bytes, threads)
         batches = [bench_batch(sides, roofline, info, b, cfg_scale, repeats, warmup, write_index,
-                               bw_before.bytes_per_s, log) for b in sizes]
+                               bw_before.bytes_per_s, log, rooflines) for b in sizes]
         bw_after = _measure_bandwidth(device, bandwidth_bytes, threads)
         accel = None
         if use_torch and (accelerator if accelerator is not None else _cuda_available()):
@@ -384,10 +438,12 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
         "settings": {"batch_sizes": list(sizes), "repeats": repeats, "warmup": warmup, "cfg": cfg,
                      "cfg_scale": cfg_scale, "device": device, "threads": threads, "write_index": write_index,
                      "interleaved": "round-robin over backends, warm-up included", "burst_s": BURST_S,
-                     "torch": use_torch},
+                     "torch": use_torch, "precisions": [p.name for p in chosen]},
         "bandwidth": {"before": bw_before.to_dict(), "after": bw_after.to_dict(),
                       "used_gbps": bw_before.gbps, "used_for": "the floors below (measured before the timings)"},
         "backends": [s.label for s in sides],
+        "variants": {s.label: {"precision": p.name, "source": p.source, "detail": p.detail, "graphs": p.graph_files}
+                     for s, p in zip([s for s in sides if s.precision != FP32], chosen[1:])},
         "reference": reference,
         "batches": batches,
         "accelerator": accel,

@@ -1,55 +1,46 @@
-"""Run a quantized variant through the ordinary onnxruntime backend, without touching the runtime.
+"""Run a quantized variant through the ordinary onnxruntime backend.
 
-`OrtBackend` opens ``manifest.graph(name).path`` for each graph, i.e. ``root / graphs[name]['file']``.
-So a variant is just a manifest *view* whose prefill/decode entries point at the quantized files: the
-I/O contract is unchanged (same names, fp32 logits and caches), the caches are still aliased in place,
-and the files are the hash-checked ones listed in the package manifest. An absolute path (a scratch
-graph of the sensitivity sweep) works too, since ``root / '/abs/x.onnx'`` is ``/abs/x.onnx``.
-
-The minimal runtime change that would make this first-class is an ``OrtBackend(..., graph_files=
-{"decode": "calibration/decode.int8.onnx"})`` override (and ``open_package_backend(..., variant=
-"int8")`` reading ``manifest['calibration']['variants']``); until then this module builds the view.
+A calibration variant is a first-class runtime precision (`runtime.variants`): `open_package_backend(
+pkg, precision="int8")` opens the package (hashes checked) with the variant's prefill/decode files in
+place of the exported ones. The I/O contract is unchanged (same names, fp32 logits and caches), so the
+caches are still aliased in place. The sensitivity sweep's scratch graphs, which no manifest lists,
+go in as explicit ``graph_files`` (absolute paths) on top.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 from runtime.errors import DartrtError
 from runtime.manifest import Manifest
 from runtime.ort_backend import OrtBackend
+from runtime.package import open_package_backend
+from runtime.variants import Precision, precision_manifest, resolve_precision
 
 
 def variant_graph_files(data: dict, variant: str) -> dict[str, str]:
     """The package-relative graph files of a recorded variant (``calibration.variants[variant]``)."""
-    variants = (data.get("calibration") or {}).get("variants") or {}
-    if variant not in variants:
-        known = ", ".join(variants) or "none"
-        raise DartrtError(f"the package has no calibration variant {variant!r} (it has: {known}); "
-                          "run `dartrt calibrate`")
-    return {g: v["file"] for g, v in variants[variant]["graphs"].items()}
+    chosen = resolve_precision(data, variant)
+    if chosen.source != "calibration":
+        raise DartrtError(f"{variant!r} is not a calibration variant; run `dartrt calibrate`")
+    return dict(chosen.graph_files)
 
 
 def variant_manifest(manifest: Manifest, graph_files: dict[str, str]) -> Manifest:
-    """A copy of ``manifest`` whose graphs point at ``graph_files`` (package-relative or absolute)."""
-    data = copy.deepcopy(manifest.data)
-    for graph, file in graph_files.items():
-        if graph not in data["graphs"]:
+    """A copy of ``manifest`` whose graphs point at ``graph_files`` (package-relative or absolute), for
+    tools that read graph files off a manifest (bench's roofline); running one needs no view."""
+    for graph in graph_files:
+        if graph not in manifest.data["graphs"]:
             raise DartrtError(f"the package has no {graph!r} graph to replace")
-        data["graphs"][graph] = {**data["graphs"][graph], "file": str(file)}
-    return Manifest(manifest.root, data)
+    return precision_manifest(manifest, Precision("custom", "calibration", {g: str(f) for g, f in graph_files.items()}))
 
 
 def open_variant(pkg: str | Path, variant: str | None = None, graph_files: dict[str, str] | None = None,
                  intra_op_threads: int = 1, **options) -> OrtBackend:
     """An onnxruntime CPU backend for the package's FP32 graphs (``variant=None``), a recorded variant,
-    or explicit ``graph_files``. One thread by default: the report compares backends, not machines."""
-    manifest = Manifest.load(pkg)
-    files = dict(graph_files or {})
-    if variant is not None:
-        files = {**variant_graph_files(manifest.data, variant), **files}
-    backend = OrtBackend(variant_manifest(manifest, files) if files else manifest, providers="cpu",
-                         intra_op_threads=intra_op_threads, **options)
-    backend.name = f"onnxruntime-cpu[{variant or ('custom' if files else 'fp32')}]"
+    or explicit ``graph_files`` (over the variant's). One thread by default: the report compares
+    backends, not machines."""
+    backend = open_package_backend(pkg, "onnxruntime-cpu", precision=variant, graph_files=graph_files,
+                                   intra_op_threads=intra_op_threads, **options)
+    backend.name = f"onnxruntime-cpu[{variant or ('custom' if graph_files else 'fp32')}]"
     return backend

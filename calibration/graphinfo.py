@@ -13,6 +13,7 @@ import ast
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 GEMM_OPS = ("MatMul", "Gemm")
@@ -131,3 +132,73 @@ def int8_gemms(model: onnx.ModelProto) -> list[str]:
             if src is not None and src.op_type == "DequantizeLinear":
                 out.append(node.name)
     return out
+
+
+LOW_PRECISION_FLOATS = (onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def low_precision_gemms(model: onnx.ModelProto) -> list[str]:
+    """`int8_gemms` plus the GEMMs whose weight initializer is itself fp16/bf16 (an AutoCast graph):
+    every GEMM that reads fewer weight bytes than fp32, whatever the format. Despite its name
+    `int8_gemms` already covers any Q/DQ'd weight (INT8, FP8, INT4), since it looks at the DQ only."""
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    out = set(int8_gemms(model))
+    for node in model.graph.node:
+        if node.op_type in GEMM_OPS and len(node.input) > 1 and inits.get(node.input[1]) in LOW_PRECISION_FLOATS:
+            out.add(node.name)
+    return [n.name for n in model.graph.node if n.name in out]
+
+
+def _dtype_name(elem_type: int) -> str:
+    return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def quant_layout(model: onnx.ModelProto) -> dict:
+    """What the quantized GEMMs of a graph really hold, read off the graph (not off the recipe):
+    weight dtypes and scale granularity (``per-tensor``, ``per-channel``, ``block-<n>``) of the DQs
+    feeding GEMM weights, the same for the activation Q/DQs in front of GEMMs, MatMulNBits bits, and
+    fp16/bf16 weight initializers (scale ``none``).
+    The manifest records it so that "FP8, per-tensor activations" is a checked fact, not a label."""
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def granularity(node: onnx.NodeProto) -> str:
+        block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+        scale = inits.get(node.input[1])
+        if block:
+            return f"block-{block}"
+        if scale is None or not list(scale.dims) or int(np.prod(scale.dims)) == 1:
+            return "per-tensor"
+        return "per-channel"
+
+    def count(table: dict, key: str) -> None:
+        table[key] = table.get(key, 0) + 1
+
+    weights: dict[str, dict[str, int]] = {"dtype": {}, "scale": {}}
+    acts: dict[str, dict[str, int]] = {"dtype": {}, "scale": {}}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+            block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+            count(weights["dtype"], f"int{bits} (MatMulNBits)")
+            count(weights["scale"], f"block-{block}")
+            continue
+        if node.op_type not in GEMM_OPS:
+            continue
+        direct = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if direct is not None and direct.data_type in LOW_PRECISION_FLOATS:  # an AutoCast graph: no scales
+            count(weights["dtype"], _dtype_name(direct.data_type))
+            count(weights["scale"], "none")
+        for slot, table in ((1, weights), (0, acts)):
+            dq = producers.get(node.input[slot]) if len(node.input) > slot else None
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            data = inits.get(dq.input[0])
+            if data is not None:
+                dtype = data.data_type
+            else:  # an activation: the dtype is the zero point's (or the Q's output_dtype)
+                zp = inits.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+                dtype = zp.data_type if zp is not None else onnx.TensorProto.UINT8
+            count(table["dtype"], _dtype_name(dtype))
+            count(table["scale"], granularity(dq))
+    return {"weights": weights, "activations": acts}

@@ -28,6 +28,36 @@ Formats (each writes ``calibration/<graph>.<variant>.onnx`` for prefill and deco
   DAR-demo-sized decode call (2 rows, one core), with it 0.54 ms, at the same top-1.
   Not a TensorRT INT8 path (TRT has weight-only INT4, not INT8).
 
+Beyond INT8, same machinery, same exclusions, same report (toolchain notes: on Hopper, FP8 for larger
+batches, INT4 AWQ for memory-bound small-batch decoding):
+
+- ``fp8`` → ``fp8`` (``fp8-fp16`` with ``high_precision='fp16'``): ModelOpt ``quantize_mode='fp8'``,
+  FP8 E4M3 Q/DQ on the same GEMMs as ``qdq``. Activations per tensor, calibrated from our traces
+  (``max``/``entropy`` as for INT8); weights as ModelOpt places them (per output channel, E4M3,
+  stored FP8 behind a DQ with ``dq_only``). ModelOpt also skips GEMMs whose K or N is below 16
+  (no Tensor Core gain; the demo's 8-wide codebook MLP input), read off the result as for INT8.
+  onnxruntime's CPU EP runs FP8 Q/DQ unfused (DequantizeLinear, then an fp32 MatMul): slow, but the
+  exact FP8 numerics (matches ``onnx.reference`` to 1e-7 on tiny-dar), so the report is measured as is.
+- ``int4-awq`` → ``int4-awq``: ModelOpt ``quantize_mode='int4'``, ``calibration_method='awq_clip'``
+  (its default: per-block clipping ratios searched on the traced activations), symmetric INT4 weights
+  in blocks along K behind a blockwise DequantizeLinear; weight-only by nature, activations stay in
+  high precision. The block is ModelOpt's 128 unless that does not divide the GEMMs' K (the demo's
+  d_model is 192), then the largest of 64/32/16 that does; GEMMs whose K it does not divide (an
+  8-wide input) stay fp32, so every block is full. ModelOpt packs INT4 with a C++ extension built by
+  ``cppimport`` (the ``nvidia-modelopt[onnx]`` extra); without it the child process makes ModelOpt
+  take its own numpy packer (same bytes). On the CPU EP onnxruntime fuses the DQ+MatMul into
+  ``MatMulNBits`` with ``accuracy_level=4``, which also quantizes *activations* to int8 per block:
+  not INT4 weight-only numerics (1.5e-3 max-abs off ``onnx.reference`` on tiny-dar). The report
+  therefore measures quality with graph optimizations at ``basic`` (DQ then fp32 MatMul: the
+  reference numerics to 1e-7) and times latency with the fused kernel (`REPORT_SESSION_OPTIONS`).
+- ``fp16`` → ``fp16``: `graphs.fp16.convert_fp16` (ModelOpt AutoCast with the FP32 islands of
+  `graphs.prepare`: RMSNorm, RoPE tables, logits head; fp16 KV-cache I/O), fed with traced decode
+  calls instead of a short greedy trace, and ``keep`` GEMMs pinned to FP32 too. Recorded like the
+  INT8 variants (``calibration/<graph>.fp16.onnx``, ``calibration.variants['fp16']``) so FP16 gets
+  the same report; the CPU EP runs these graphs (its fp16 kernels), so no fallback is needed.
+
+Every ModelOpt call (``qdq``, ``fp8``, ``int4-awq``, ``fp16``) runs in a child process (`run_modelopt`).
+
 What stays in high precision, and why:
 
 - only GEMMs (MatMul/Gemm) are quantized. ModelOpt's default placement would also put Q/DQ on the
@@ -74,18 +104,31 @@ from .graphinfo import (
     gemm_nodes,
     head_nodes,
     int8_gemms,
+    low_precision_gemms,
     modulation_nodes,
     present_op_types,
+    quant_layout,
     scope_matches,
 )
 from .store import CALIBRATION_DIR, atomic_move, package_manifest, update_calibration_entry
 from .traceset import TraceSet, load_traces
 
-FORMATS = ("qdq", "qdq-ort", "dynamic", "weight-only")
+FORMATS = ("qdq", "qdq-ort", "dynamic", "weight-only", "fp8", "int4-awq", "fp16")
+MODELOPT_FORMATS = ("qdq", "fp8", "int4-awq", "fp16")
+VARIANTS = {"qdq": "int8", "qdq-ort": "int8-ort", "dynamic": "int8-dynamic", "weight-only": "int8-wo",
+            "fp8": "fp8", "int4-awq": "int4-awq", "fp16": "fp16"}
 METHODS = ("entropy", "max")
 HIGH_PRECISIONS = ("fp32", "fp16")
+FP16_REST = ("qdq", "fp8")  # formats ModelOpt can write with the non-quantized rest in fp16
 GRAPHS = ("prefill", "decode")
 WO_BLOCK = 128
+INT4_METHOD = "awq_clip"
+INT4_BLOCKS = (128, 64, 32, 16)  # ModelOpt's default first; smaller only where K needs it
+# OrtBackend options the quality report opens a variant with (see the module docstring, int4-awq):
+# at the default level ORT fuses INT4 DQ+MatMul into MatMulNBits with int8 activations.
+REPORT_SESSION_OPTIONS: dict[str, dict] = {"int4-awq": {"optimization": "basic"}}
+LOW_LABEL = {"fp8": "FP8", "int4-awq": "INT4", "fp16": "FP16"}  # what the quantized GEMMs are, for logs
+FP16_FEEDS = 16  # traced calls AutoCast runs to find values beyond fp16's safe range
 
 
 @dataclass(frozen=True)
@@ -109,19 +152,33 @@ class QuantizeConfig:
             raise DartrtError(f"unknown --method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.high_precision not in HIGH_PRECISIONS:
             raise DartrtError(f"high precision must be one of {', '.join(HIGH_PRECISIONS)}")
-        if self.high_precision == "fp16" and self.format != "qdq":
-            raise DartrtError(f"--high-precision fp16 is for the TensorRT Q/DQ format (qdq), not {self.format}")
+        if self.high_precision == "fp16" and self.format not in (*FP16_REST, "fp16"):
+            raise DartrtError(f"--high-precision fp16 is for the TensorRT Q/DQ formats ({', '.join(FP16_REST)}), "
+                              f"not {self.format}")
         if self.samples is not None and self.samples < 1:
             raise DartrtError(f"--samples must be >= 1, got {self.samples}")
 
     @property
     def variant(self) -> str:
-        base = {"qdq": "int8", "qdq-ort": "int8-ort", "dynamic": "int8-dynamic", "weight-only": "int8-wo"}[self.format]
-        return f"{base}-fp16" if self.format == "qdq" and self.high_precision == "fp16" else base
+        base = VARIANTS[self.format]
+        return f"{base}-fp16" if self.format in FP16_REST and self.high_precision == "fp16" else base
 
     @property
     def calibrated(self) -> bool:
-        return self.format in ("qdq", "qdq-ort")
+        """Whether the format reads the traces (activation ranges, AWQ clipping, AutoCast's feeds)."""
+        return self.format in ("qdq", "qdq-ort", "fp8", "int4-awq", "fp16")
+
+    @property
+    def method_used(self) -> str | None:
+        """The calibration method the format really applies (recorded in the manifest)."""
+        if self.format in ("qdq", "qdq-ort", "fp8"):
+            return self.method
+        return INT4_METHOD if self.format == "int4-awq" else None
+
+    @property
+    def rest_dtype(self) -> str:
+        """Dtype of what the format leaves unquantized (fp16 graphs: everything but the FP32 islands)."""
+        return "fp16" if self.format == "fp16" else self.high_precision
 
 
 @dataclass
@@ -136,6 +193,7 @@ class QuantizedGraph:
     weight_bytes: dict[str, int]
     samples: int
     seconds: float
+    details: dict = field(default_factory=dict)  # format specifics: layout read off the graph, block size, ...
 
 
 @dataclass
@@ -149,14 +207,14 @@ class Variant:
         return {g: q.file for g, q in self.graphs.items()}
 
     def to_dict(self) -> dict:
-        return {"format": self.config.format, "method": self.config.method if self.config.calibrated else None,
-                "high_precision_dtype": self.config.high_precision, "keep": list(self.config.keep),
+        return {"format": self.config.format, "method": self.config.method_used,
+                "high_precision_dtype": self.config.rest_dtype, "keep": list(self.config.keep),
                 "only": list(self.config.only), "tool": tool_version(self.config.format),
                 "graphs": {g: asdict(q) for g, q in self.graphs.items()}}
 
 
 def tool_version(fmt: str) -> str:
-    if fmt == "qdq":
+    if fmt in MODELOPT_FORMATS:
         from importlib.metadata import version
 
         return f"nvidia-modelopt {version('nvidia-modelopt')}"
@@ -213,40 +271,94 @@ def _has_external_data(model_path: Path) -> bool:
     return any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
 
 
-def run_modelopt(spec: dict) -> None:
-    """The ModelOpt call itself; runs in a child process (see `_run_modelopt`)."""
+def _int4_packer() -> str:
+    """ModelOpt packs INT4 weights with a C++ extension it builds through ``cppimport`` (the
+    ``nvidia-modelopt[onnx]`` extra), and its ``extensions`` module imports ``cppimport`` outside its
+    own try/except, so a plain install fails at the first INT4 weight. Registering that module with
+    ``round_and_pack_ext = None`` selects ModelOpt's own numpy packer, the fallback it already has for
+    a failed build (same packed bytes). Child process only: nothing else imports ModelOpt there."""
+    if importlib.util.find_spec("cppimport") is not None:
+        return "modelopt C++ extension (cppimport)"
+    import types
+
+    stub = types.ModuleType("modelopt.onnx.quantization.extensions")
+    stub.round_and_pack_ext = None  # type: ignore[attr-defined]
+    sys.modules[stub.__name__] = stub
+    return "modelopt numpy fallback (cppimport not installed)"
+
+
+def _modelopt_job(cfg: QuantizeConfig, pkg: str, job: dict) -> dict:
+    """One graph's ModelOpt call (child process); returns what it learned about the format."""
+    traces = load_traces(pkg, job["graph"], check_hash=False)  # the parent checked the hash
+    external = _has_external_data(Path(job["src"]))
+    if cfg.format == "fp16":
+        from graphs.fp16 import Fp16Policy, convert_fp16
+
+        reader = traces.reader(min(cfg.samples or FP16_FEEDS, FP16_FEEDS))
+        feeds = list(iter(reader.get_next, None))
+        result = convert_fp16(job["src"], job["dst"], feeds, Fp16Policy(extra_nodes=tuple(exact(job["excluded"]))))
+        return {**result.to_dict(), "calibration_feeds": len(feeds)}
     from modelopt.onnx.quantization import quantize as mo_quantize
 
+    if cfg.format == "int4-awq":
+        mo_quantize(job["src"], quantize_mode="int4", calibration_data_reader=traces.reader(cfg.samples),
+                    calibration_method=INT4_METHOD, calibration_eps=["cpu"], block_size=job["block_size"],
+                    use_zero_point=False, nodes_to_exclude=exact(job["excluded"]), use_external_data_format=external,
+                    output_path=job["dst"], log_level="ERROR")
+        return {}
+    mo_quantize(job["src"], quantize_mode="fp8" if cfg.format == "fp8" else "int8",
+                calibration_data_reader=traces.reader(cfg.samples), calibration_method=cfg.method,
+                calibration_eps=["cpu"], op_types_to_quantize=list(GEMM_OPS), op_types_to_exclude=job["op_types"],
+                nodes_to_quantize=exact(job["quantize"]), nodes_to_exclude=exact(job["excluded"]),
+                high_precision_dtype=cfg.high_precision, dq_only=True, use_external_data_format=external,
+                output_path=job["dst"], log_level="ERROR")
+    return {}
+
+
+def run_modelopt(spec: dict) -> None:
+    """The ModelOpt calls of one variant, every graph of it in this one child process (see
+    `_run_modelopt`): importing ModelOpt takes seconds, so one child per graph would pay it twice.
+    Each job's details (the INT4 packer, AutoCast's FP32 islands, its seconds) go to its JSON file."""
     cfg = QuantizeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items()})
-    traces = load_traces(spec["pkg"], spec["graph"], check_hash=False)  # the parent checked the hash
-    with quiet():
-        mo_quantize(spec["src"], quantize_mode="int8", calibration_data_reader=traces.reader(cfg.samples),
-                    calibration_method=cfg.method, calibration_eps=["cpu"], op_types_to_quantize=list(GEMM_OPS),
-                    op_types_to_exclude=spec["op_types"], nodes_to_quantize=exact(spec["quantize"]),
-                    nodes_to_exclude=exact(spec["excluded"]), high_precision_dtype=cfg.high_precision, dq_only=True,
-                    use_external_data_format=_has_external_data(Path(spec["src"])), output_path=spec["dst"],
-                    log_level="ERROR")
+    packer = _int4_packer() if cfg.format == "int4-awq" else None
+    for job in spec["jobs"]:
+        start = time.perf_counter()
+        with quiet():
+            details = _modelopt_job(cfg, spec["pkg"], job)
+        if packer:
+            details["int4_packing"] = packer
+        details["seconds"] = round(time.perf_counter() - start, 2)
+        Path(job["details"]).write_text(json.dumps(details))
 
 
-def _run_modelopt(src: Path, dst: Path, traces: TraceSet, cfg: QuantizeConfig, quantize: list[str],
-                  excluded: list[str], op_types: list[str]) -> None:
+def _run_modelopt(cfg: QuantizeConfig, pkg: Path, jobs: list[dict]) -> None:
     """ModelOpt in a child process: it monkey-patches onnxruntime's calibrators process-wide
     (modelopt/onnx/quantization/ort_patching.py), after which onnxruntime's own ``quantize_static``
     fails ("Histogram has not been collected"). A fresh interpreter (``python -m``, not
     multiprocessing, which would re-run an unguarded caller script) keeps every other format usable."""
     if importlib.util.find_spec("modelopt") is None:
-        raise DartrtError("ModelOpt is not installed; pip install 'dartrt[quant]' or use --format qdq-ort")
-    if traces.pkg is None:
-        raise DartrtError("ModelOpt calibration needs traces stored in a package")
-    spec = {"src": str(src), "dst": str(dst), "pkg": str(traces.pkg), "graph": traces.graph,
-            "config": asdict(cfg), "quantize": quantize, "excluded": excluded, "op_types": op_types}
+        raise DartrtError(f"ModelOpt is not installed; pip install 'dartrt[quant]'"
+                          f"{' or use --format qdq-ort' if cfg.format == 'qdq' else ''}")
+    spec = {"config": asdict(cfg), "pkg": str(pkg), "jobs": jobs}
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "calibration.quantize"], input=json.dumps(spec), text=True,
                           capture_output=True, env=env)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise DartrtError(f"ModelOpt quantization of {traces.graph} failed: {lines[-1] if lines else proc.returncode}")
+        graphs = "+".join(job["graph"] for job in jobs)
+        raise DartrtError(f"ModelOpt {cfg.format} of {graphs} failed: {lines[-1] if lines else proc.returncode}")
+
+
+def int4_block_size(model: onnx.ModelProto, names: list[str]) -> tuple[int, list[str]]:
+    """(block size, GEMMs it cannot block): the first of `INT4_BLOCKS` that divides the K of every
+    GEMM in ``names`` with K >= 16, and the GEMMs whose K that block does not divide (kept fp32)."""
+    dims = {i.name: list(i.dims) for i in model.graph.initializer}
+    k = {g.name: int(dims[g.weight][0]) for g in gemm_nodes(model)
+         if g.name in names and g.op_type == "MatMul" and len(dims.get(g.weight, [])) == 2}
+    wide = [v for v in k.values() if v >= INT4_BLOCKS[-1]]
+    block = next((b for b in INT4_BLOCKS if all(v % b == 0 for v in wide)), INT4_BLOCKS[-1])
+    return block, [n for n in names if n not in k or k[n] % block]
 
 
 def _run_ort_static(src: Path, dst: Path, traces: TraceSet, cfg: QuantizeConfig, quantize: list[str],
@@ -338,49 +450,131 @@ def dedicate_qdq_pairs(model: onnx.ModelProto) -> int:
 
 
 def weight_bytes(model: onnx.ModelProto) -> dict[str, int]:
-    """Initializer bytes by element type: what a memory-bound step reads."""
+    """Initializer bytes by element type: what a memory-bound step reads. 4-bit types are packed two
+    to a byte in the file and on the device (numpy's stand-in dtype for them takes a whole byte)."""
+    packed = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4, getattr(onnx.TensorProto, "FLOAT4E2M1", -1)}
     out: dict[str, int] = {}
     for init in model.graph.initializer:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
         n = int(np.prod(init.dims)) if init.dims else 1
         key = np.dtype(dtype).name
-        out[key] = out.get(key, 0) + n * np.dtype(dtype).itemsize
+        out[key] = out.get(key, 0) + ((n + 1) // 2 if init.data_type in packed else n * np.dtype(dtype).itemsize)
     return out
+
+
+def _fp16_pins(model: onnx.ModelProto, cfg: QuantizeConfig) -> list[str]:
+    """GEMMs an fp16 variant keeps in FP32 on top of `graphs.fp16`'s own islands (which already hold
+    the logits head): the ``keep`` scopes, and with ``only`` every GEMM not chosen."""
+    pinned = set(scope_matches(model, cfg.keep)) if cfg.keep else set()
+    if cfg.only:
+        chosen = set(scope_matches(model, cfg.only))
+        pinned |= {g.name for g in gemm_nodes(model) if g.name not in chosen}
+    return [g.name for g in gemm_nodes(model) if g.name in pinned]
+
+
+@dataclass
+class _Job:
+    """One graph on its way through a quantizer: the plan, the scratch paths, the result's details."""
+
+    graph: str
+    src: Path
+    dst: Path
+    staged: Path
+    out: Path
+    traces: TraceSet | None
+    quantize: list[str]
+    excluded: list[str]
+    op_types: list[str]
+    block: int | None
+    start: float
+
+    def spec(self) -> dict:
+        return {"graph": self.graph, "src": str(self.staged), "dst": str(self.out), "quantize": self.quantize,
+                "excluded": self.excluded, "op_types": self.op_types, "block_size": self.block,
+                "details": str(self.out.parent / f"{self.out.name}.details.json")}
+
+
+def _plan(src: Path, dst: Path, graph: str, cfg: QuantizeConfig, traces: TraceSet | None, work: Path) -> _Job:
+    start = time.perf_counter()
+    model = onnx.load(str(src), load_external_data=False)
+    quantize, excluded = plan_exclusions(model, graph, cfg)
+    block = None
+    if cfg.format == "int4-awq":
+        block, unblocked = int4_block_size(model, quantize)
+        quantize = [n for n in quantize if n not in unblocked]
+        excluded = [g.name for g in gemm_nodes(model) if g.name not in quantize]
+    elif cfg.format == "fp16":
+        excluded = _fp16_pins(model, cfg)
+    if not quantize:
+        raise DartrtError(f"{graph}: the recipe leaves no GEMM to quantize (check --keep/only)")
+    if cfg.calibrated and traces is None:
+        raise DartrtError(f"{graph}: the {cfg.format} format needs recorded traces (run `dartrt calibrate`)")
+    folder = work / graph
+    folder.mkdir()
+    return _Job(graph, src, dst, _stage(src, folder), folder / f"out.{dst.name}", traces, quantize, excluded,
+                present_op_types(model), block, start)
+
+
+def _finish(job: _Job, cfg: QuantizeConfig) -> QuantizedGraph:
+    """Check the quantizer's output, copy it to ``job.dst`` and read off what it really holds."""
+    if not job.out.is_file():
+        raise DartrtError(f"{job.graph}: the {cfg.format} quantizer wrote no output")
+    if _has_external_data(job.out):  # > 2 GB models: the data file would need moving with it
+        raise DartrtError(f"{job.graph}: quantized graphs with external data are not supported yet")
+    if cfg.format == "qdq":
+        qmodel = onnx.load(str(job.out))
+        if dedicate_qdq_pairs(qmodel):
+            onnx.save(qmodel, str(job.out))
+    onnx.checker.check_model(str(job.out))
+    shutil.copyfile(job.out, job.dst)
+    info = Path(job.spec()["details"])
+    details: dict = json.loads(info.read_text()) if info.is_file() else {}
+    child_seconds = details.pop("seconds", None)  # ModelOpt: this graph's own share of the child
+    qmodel = onnx.load(str(job.dst))
+    excluded = job.excluded
+    if cfg.format == "int4-awq":
+        details = {"calibration_method": INT4_METHOD, "block_size": job.block,
+                   "block_axis": "K (DequantizeLinear axis 0)", "symmetric": True,
+                   "activations": "not quantized (weight-only)", **details}
+    elif cfg.format == "fp8":
+        details = {"dtype": "float8e4m3fn", "activations": f"per tensor, {cfg.method} calibration on the traces",
+                   "weights": "as ModelOpt quantizes them, stored FP8 (dq_only)", **details}
+    if cfg.format == "fp16":
+        done = low_precision_gemms(qmodel)
+        excluded = [g.name for g in gemm_nodes(qmodel) if g.name not in done]
+        samples = int(details.get("calibration_feeds", 0))
+    else:
+        done = int8_gemms(qmodel)
+        n = len(job.traces) if job.traces is not None and cfg.calibrated else 0
+        samples = min(n, cfg.samples or n)
+    details["layout"] = quant_layout(qmodel)
+    return QuantizedGraph(job.graph, "", done, excluded, job.op_types, weight_bytes(qmodel), samples,
+                          child_seconds or round(time.perf_counter() - job.start, 2), details)
+
+
+def quantize_graphs(items: list[tuple[Path, Path, str, TraceSet | None]], cfg: QuantizeConfig) -> list[QuantizedGraph]:
+    """Quantize (or, for ``fp16``, cast) FP32 graph files: ``items`` are (src, dst, graph, traces), dst a
+    scratch path. The ModelOpt formats run all of them in one child process."""
+    with tempfile.TemporaryDirectory(prefix="dartrt-quant-") as work:
+        jobs = [_plan(src, dst, graph, cfg, traces, Path(work)) for src, dst, graph, traces in items]
+        if cfg.format in MODELOPT_FORMATS:
+            pkgs = {job.traces.pkg for job in jobs}
+            if None in pkgs or len(pkgs) != 1:
+                raise DartrtError("ModelOpt calibration needs traces stored in one package")
+            _run_modelopt(cfg, pkgs.pop(), [job.spec() for job in jobs])
+        for job in jobs:
+            if cfg.format == "qdq-ort":
+                _run_ort_static(job.staged, job.out, job.traces, cfg, job.quantize, job.excluded)
+            elif cfg.format == "dynamic":
+                _run_ort_dynamic(job.staged, job.out, job.quantize, job.excluded)
+            elif cfg.format == "weight-only":
+                _run_weight_only(job.staged, job.out, job.quantize, job.excluded)
+        return [_finish(job, cfg) for job in jobs]
 
 
 def quantize_graph(src: Path, dst: Path, graph: str, cfg: QuantizeConfig, traces: TraceSet | None) -> QuantizedGraph:
     """Quantize one FP32 graph file into ``dst`` (a scratch path); returns what was done."""
-    start = time.perf_counter()
-    model = onnx.load(str(src), load_external_data=False)
-    quantize, excluded = plan_exclusions(model, graph, cfg)
-    op_types = present_op_types(model)
-    if not quantize:
-        raise DartrtError(f"{graph}: the recipe leaves no GEMM to quantize (check --keep/only)")
-    with tempfile.TemporaryDirectory(prefix="dartrt-quant-") as work:
-        staged = _stage(src, Path(work))
-        out = Path(work) / f"out.{dst.name}"
-        if cfg.format == "qdq":
-            _run_modelopt(staged, out, traces, cfg, quantize, excluded, op_types)
-        elif cfg.format == "qdq-ort":
-            _run_ort_static(staged, out, traces, cfg, quantize, excluded)
-        elif cfg.format == "dynamic":
-            _run_ort_dynamic(staged, out, quantize, excluded)
-        else:
-            _run_weight_only(staged, out, quantize, excluded)
-        if not out.is_file():
-            raise DartrtError(f"{graph}: the {cfg.format} quantizer wrote no output")
-        if _has_external_data(out):  # > 2 GB models: the data file would need moving with it
-            raise DartrtError(f"{graph}: quantized graphs with external data are not supported yet")
-        if cfg.format == "qdq":
-            qmodel = onnx.load(str(out))
-            if dedicate_qdq_pairs(qmodel):
-                onnx.save(qmodel, str(out))
-        onnx.checker.check_model(str(out))
-        shutil.copyfile(out, dst)
-    qmodel = onnx.load(str(dst))
-    samples = 0 if traces is None or not cfg.calibrated else min(len(traces), cfg.samples or len(traces))
-    return QuantizedGraph(graph, "", int8_gemms(qmodel), excluded, op_types, weight_bytes(qmodel), samples,
-                          round(time.perf_counter() - start, 2))
+    return quantize_graphs([(src, dst, graph, traces)], cfg)[0]
 
 
 def quantize_package(pkg: str | Path, cfg: QuantizeConfig, graphs=GRAPHS, record: bool = True,
@@ -394,15 +588,16 @@ def quantize_package(pkg: str | Path, cfg: QuantizeConfig, graphs=GRAPHS, record
     manifest = package_manifest(pkg)
     variant = Variant(name or cfg.variant, cfg)
     with tempfile.TemporaryDirectory(prefix="dartrt-quant-") as work:
-        for graph in graphs:
-            src = pkg / manifest["graphs"][graph]["file"]
-            traces = load_traces(pkg, graph) if cfg.calibrated else None
-            rel = f"{CALIBRATION_DIR}/{graph}.{variant.name}.onnx"
-            result = quantize_graph(src, Path(work) / Path(rel).name, graph, cfg, traces)
+        rels = {graph: f"{CALIBRATION_DIR}/{graph}.{variant.name}.onnx" for graph in graphs}
+        items = [(pkg / manifest["graphs"][graph]["file"], Path(work) / Path(rel).name, graph,
+                  load_traces(pkg, graph) if cfg.calibrated else None) for graph, rel in rels.items()]
+        for result in quantize_graphs(items, cfg):
+            graph, rel = result.graph, rels[result.graph]
             result.file = rel
             variant.graphs[graph] = result
-            log(f"  {graph}: {cfg.format} → {rel}: {len(result.quantized)} GEMMs INT8, {len(result.excluded)} "
-                f"kept in {cfg.high_precision} ({result.seconds:.1f}s)")
+            log(f"  {graph}: {cfg.format} → {rel}: {len(result.quantized)} GEMMs {LOW_LABEL.get(cfg.format, 'INT8')}, "
+                f"{len(result.excluded)} kept in {'fp32' if cfg.format == 'fp16' else cfg.high_precision} "
+                f"({result.seconds:.1f}s)")
         (pkg / CALIBRATION_DIR).mkdir(exist_ok=True)
         for result in variant.graphs.values():
             atomic_move(Path(work) / Path(result.file).name, pkg / result.file)

@@ -1,8 +1,10 @@
-"""`dartrt calibrate`: traces → INT8 variants → quality report, as one resumable run.
+"""`dartrt calibrate`: traces → INT8 (FP8, INT4, FP16) variants → quality report, as one resumable run.
 
 Each stage writes its files and its manifest entry before the next starts, so a run that stops
 half-way keeps what it finished (``reuse_traces`` skips re-recording). The report is measured on the
-CPU with onnxruntime, one thread, on the same seeds for every variant.
+CPU with onnxruntime, one thread, on the same seeds for every variant (INT4 with the graph optimizations
+that keep its numerics exact, `quantize.REPORT_SESSION_OPTIONS`); a variant the CPU EP cannot load gets
+`report.trace_agreement` by onnx.reference on a few traced calls instead, on small models.
 """
 
 from __future__ import annotations
@@ -15,13 +17,23 @@ from pathlib import Path
 from runtime.errors import DartrtError
 
 from .backend import open_variant
-from .quantize import QuantizeConfig, quantize_package
-from .report import AGREEMENT_TARGET, image_quality, quality_report, step_latency
+from .quantize import REPORT_SESSION_OPTIONS, QuantizeConfig, quantize_package
+from .report import (
+    AGREEMENT_TARGET,
+    FP16_AGREEMENT_TARGET,
+    image_quality,
+    quality_report,
+    step_latency,
+    trace_agreement,
+)
 from .store import REPORT_FILE, atomic_json, package_manifest, update_calibration_entry
 from .traceset import load_traces_manifest
 
 DEMO_MODEL = "DAR-demo"
 MAX_AUTO_KEEP = 3  # sublayer kinds; beyond that most of the weight bytes are high precision anyway
+# onnx.reference fallback (graphs the CPU EP cannot run): numpy per node, so small decoders only.
+REFERENCE_MAX_BYTES = 64 << 20
+REFERENCE_CALLS = 8
 
 
 @dataclass
@@ -87,7 +99,9 @@ def calibrate(pkg: str | Path, opts: CalibrateOptions, log=print) -> dict:
     start = time.perf_counter()
     manifest = package_manifest(pkg)
     report: dict = {"package": str(pkg), "model": manifest["model"].get("name"), "seed": opts.seed,
-                    "images": opts.images, "targets": {"top1_guided": AGREEMENT_TARGET, "accuracy_points": 2.0},
+                    "images": opts.images, "targets": {"top1_guided": AGREEMENT_TARGET,
+                                                       "fp16_top1_guided": FP16_AGREEMENT_TARGET,
+                                                       "accuracy_points": 2.0},
                     "traces": _traces(pkg, opts, log), "variants": {}}
     variants = []
     for cfg in opts.configs:
@@ -98,16 +112,28 @@ def calibrate(pkg: str | Path, opts: CalibrateOptions, log=print) -> dict:
                                           "images_8": round(step_latency(ref, 8), 3)}}
     for variant in variants:
         entry = _describe(variant)
+        session = REPORT_SESSION_OPTIONS.get(variant.config.format, {})
         try:
-            test = open_variant(pkg, variant.name)
+            test = open_variant(pkg, variant.name, **session)
         except DartrtError as exc:  # e.g. an fp16 graph whose ops the CPU EP lacks: built for TensorRT
             entry["quality"] = None
             entry["note"] = f"not runnable on the onnxruntime CPU EP: {exc}"
-            report["variants"][variant.name] = entry
             log(f"  {variant.name}: {entry['note']}")
+            entry["trace_check"] = _reference_check(pkg, variant, log)
+            report["variants"][variant.name] = entry
             continue
         log(f"  {variant.name}: measuring against FP32 on {opts.images} images")
-        entry["quality"] = quality_report(ref, test, images=opts.images, seed=opts.seed, latency=opts.latency)
+        target = FP16_AGREEMENT_TARGET if variant.config.format == "fp16" else AGREEMENT_TARGET
+        entry["quality"] = quality_report(ref, test, images=opts.images, seed=opts.seed,
+                                          latency=opts.latency and not session, target=target)
+        if session:
+            entry["measured_with"] = (f"onnxruntime CPU EP, session {session}: exact {variant.config.format} numerics "
+                                      "(the default level fuses INT4 DQ+MatMul into MatMulNBits, int8 activations)")
+            if opts.latency:  # latency as the CPU EP deploys it: default optimizations
+                fused = open_variant(pkg, variant.name)
+                entry["quality"]["ms_per_step"] = {"images_1": round(step_latency(fused, 1), 3),
+                                                   "images_8": round(step_latency(fused, 8), 3),
+                                                   "session": "default optimizations"}
         report["variants"][variant.name] = entry
     main = next((v for v in variants if v.config.format == "qdq"), variants[0] if variants else None)
     quality = (report["variants"].get(main.name) or {}).get("quality") if main is not None else None
@@ -127,8 +153,9 @@ def calibrate(pkg: str | Path, opts: CalibrateOptions, log=print) -> dict:
     classifier = _demo_classifier(pkg) if opts.eval_n else None
     if classifier is not None and main is not None:
         log(f"  image quality (demo classifier), {opts.eval_n} images per class, FP32 vs {main.name}")
+        test = open_variant(pkg, main.name, **REPORT_SESSION_OPTIONS.get(main.config.format, {}))
         report["image_quality"] = {"variant": main.name, **image_quality(
-            ref, open_variant(pkg, main.name), classifier, n_per_class=opts.eval_n, seed=opts.seed)}
+            ref, test, classifier, n_per_class=opts.eval_n, seed=opts.seed)}
     elif opts.eval_n:
         report["image_quality"] = {"skipped": "only for the bundled demo model with its classifier"}
     report["seconds"] = round(time.perf_counter() - start, 1)
@@ -137,12 +164,30 @@ def calibrate(pkg: str | Path, opts: CalibrateOptions, log=print) -> dict:
     return report
 
 
+def _reference_check(pkg: Path, variant, log) -> dict:
+    """Step-level numbers for a variant the CPU EP cannot load: `trace_agreement` by onnx.reference
+    on a few recorded decode calls, when the decode graph is small enough for numpy node by node."""
+    file = variant.graphs["decode"].file if "decode" in variant.graphs else None
+    if file is None:
+        return {"skipped": "the variant has no decode graph"}
+    size = (pkg / file).stat().st_size
+    if size > REFERENCE_MAX_BYTES:
+        return {"skipped": f"decode graph of {size >> 20} MiB: onnx.reference is for small presets "
+                           f"(<= {REFERENCE_MAX_BYTES >> 20} MiB)"}
+    log(f"  {variant.name}: onnx.reference on {REFERENCE_CALLS} recorded decode calls instead")
+    try:
+        return trace_agreement(pkg, file, samples=REFERENCE_CALLS, runner="reference")
+    except Exception as exc:  # noqa: BLE001 - the reference evaluator lacks some ops: say which, move on
+        return {"skipped": f"onnx.reference cannot run it either: {str(exc).splitlines()[0][:200]}"}
+
+
 def _describe(variant) -> dict:
     cfg = variant.config
-    return {"format": cfg.format, "method": cfg.method if cfg.calibrated else None,
-            "high_precision_dtype": cfg.high_precision, "keep": list(cfg.keep),
-            "int8_gemms": {g: len(q.quantized) for g, q in variant.graphs.items()},
-            "kept_high_precision": {g: q.excluded for g, q in variant.graphs.items()}}
+    return {"format": cfg.format, "method": cfg.method_used,
+            "high_precision_dtype": cfg.rest_dtype, "keep": list(cfg.keep),
+            "int8_gemms": {g: len(q.quantized) for g, q in variant.graphs.items()},  # name kept: any low precision
+            "kept_high_precision": {g: q.excluded for g, q in variant.graphs.items()},
+            "details": {g: q.details for g, q in variant.graphs.items() if q.details}}
 
 
 def _auto_keep(pkg: Path, main, ref, quality: dict, opts: CalibrateOptions, log):
@@ -184,7 +229,7 @@ def summary(report: dict) -> dict:
         q = v.get("quality")
         if q:
             tf = q["teacher_forced"]
-            out[name] = {"top1_guided": tf["top1_guided"], "kl_guided": tf["kl_guided"],
+            out[name] = {"format": v["format"], "top1_guided": tf["top1_guided"], "kl_guided": tf["kl_guided"],
                          "greedy_identical": q["greedy"]["identical_tokens"],
                          "sampled_identical": q["sampled"]["identical_tokens"]}
     return out
@@ -192,7 +237,7 @@ def summary(report: dict) -> dict:
 
 def format_table(report: dict) -> str:
     """The CLI's report table: one row per variant (FP32 first, latency only)."""
-    head = (f"{'variant':<14}{'format':<12}{'calib':<9}{'INT8 GEMMs':>11}{'top-1':>8}{'KL':>10}{'top-1 c/n':>13}"
+    head = (f"{'variant':<14}{'format':<12}{'calib':<9}{'low GEMMs':>11}{'top-1':>8}{'KL':>10}{'top-1 c/n':>13}"
             f"{'greedy=':>9}{'sampled=':>10}{'ms/step 1|8 img':>18}")
     lines = [head, "-" * len(head)]
     fp32 = (report.get("fp32") or {}).get("ms_per_step")
@@ -203,7 +248,12 @@ def format_table(report: dict) -> str:
         q = v.get("quality")
         gemms = v["int8_gemms"].get("decode", 0)
         if not q:
-            lines.append(f"{name:<14}{v['format']:<12}{v['method'] or '-':<9}{gemms:>11}  (not run on CPU)")
+            check = v.get("trace_check") or {}
+            how = "  (not run on CPU)"
+            if "calls" in check:
+                how = (f"  (not run on the CPU EP; onnx.reference, {check['calls']} traced calls: top-1/row "
+                       f"{check['top1_rows']:.4f}, KL {check['kl_rows']:.3g})")
+            lines.append(f"{name:<14}{v['format']:<12}{v['method'] or '-':<9}{gemms:>11}{how}")
             continue
         tf = q["teacher_forced"]
         ms = q.get("ms_per_step") or {}

@@ -36,7 +36,15 @@ MIN_TRT = (10, 15)  # RotaryEmbedding / TensorScatter / opset-24 parsing
 DEFAULT_MAX_BATCH = 8
 DEFAULT_STEP_TOKENS = 4
 ENGINE_DIR = "engines"
-BUILD_PRECISIONS = ("fp16", "int8", "fp32")
+BUILD_PRECISIONS = ("fp16", "int8", "fp8", "int4-awq", "fp32")
+# Quantized engines are built from the Q/DQ graphs `dartrt calibrate` wrote (TRT 11 is strongly typed:
+# the precision is in the graph). First choice: the variant with FP16 outside the quantized GEMMs, what
+# TensorRT runs fastest; the fp32-elsewhere variant (made for onnxruntime's CPU EP too) is the fallback.
+# fp8 and int4-awq are for Hopper-class GPUs and unverified here (no TensorRT, no GPU).
+CALIBRATED_VARIANTS: dict[str, tuple[str, ...]] = {
+    "int8": ("int8-fp16", "int8"), "fp8": ("fp8-fp16", "fp8"), "int4-awq": ("int4-awq",)}
+INT8_VARIANTS = CALIBRATED_VARIANTS["int8"]
+_CALIBRATE_FLAGS = {"int8": "--format qdq", "fp8": "--format fp8", "int4-awq": "--format int4-awq"}
 
 Shape = tuple[int, ...]
 
@@ -110,7 +118,25 @@ def _write_atomic(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-def _int8_entry(pkg: Path, graph: str, variant: str) -> dict:
+def default_variant(data: dict, precision: str, log=print) -> str:
+    """The calibration variant a ``precision`` (int8, fp8, int4-awq) engine is built from when none is
+    named: the FP16-elsewhere one if the manifest dict ``data`` records it, else the fp32-elsewhere one
+    with a note saying how to get the FP16 one."""
+    candidates = CALIBRATED_VARIANTS[precision]
+    variants = (data.get("calibration") or {}).get("variants") or {}
+    if candidates[0] in variants or len(candidates) == 1:
+        return candidates[0]
+    log(f"note: no calibration variant {candidates[0]!r} ({precision} GEMMs, FP16 elsewhere); building from "
+        f"{candidates[1]!r}, FP32 outside the {precision} GEMMs (`dartrt calibrate PKG "
+        f"{_CALIBRATE_FLAGS[precision]} --high-precision fp16` makes {candidates[0]})")
+    return candidates[1]
+
+
+def default_int8_variant(data: dict, log=print) -> str:
+    return default_variant(data, "int8", log)
+
+
+def _calibrated_entry(pkg: Path, graph: str, variant: str) -> dict:
     """The Q/DQ graph of calibration variant ``variant`` (manifest `calibration.variants`), checked and
     reported like a prepared graph: calibration/ writes it, this build only reads it."""
     from .check import check_graph, io_specs
@@ -120,8 +146,8 @@ def _int8_entry(pkg: Path, graph: str, variant: str) -> dict:
     files = {g: v.get("file") for g, v in (variants.get(variant) or {}).get("graphs", {}).items()}
     if not files.get(graph):
         raise DartrtError(f"{pkg} has no {graph} graph in calibration variant {variant!r} (variants: "
-                          f"{', '.join(variants) or 'none'}); INT8 engines are built from the Q/DQ graphs that "
-                          "`dartrt calibrate` writes")
+                          f"{', '.join(variants) or 'none'}); quantized engines are built from the Q/DQ graphs "
+                          "that `dartrt calibrate --format ...` writes")
     path = pkg / files[graph]
     check_graph(path)
     inputs, outputs = io_specs(path)
@@ -132,8 +158,8 @@ def _int8_entry(pkg: Path, graph: str, variant: str) -> dict:
 
 def _prepared_entry(pkg: Path, graph: str, precision: str, auto_prepare: bool, variant: str, log) -> dict:
     key = prepared_key(graph, precision)
-    if key.endswith(".int8"):
-        entry = _int8_entry(pkg, graph, variant)
+    if graph in DECODER_GRAPHS and precision in CALIBRATED_VARIANTS:
+        entry = _calibrated_entry(pkg, graph, variant)
     else:
         prepared = load_manifest(pkg).get("prepared") or {}
         if key not in prepared:
@@ -155,9 +181,11 @@ def _prepared_entry(pkg: Path, graph: str, precision: str, auto_prepare: bool, v
 def build_engine(pkg_dir: str | Path, graph: str = "decode", precision: str = "fp16", *,
                  max_batch: int = DEFAULT_MAX_BATCH, max_step_tokens: int = DEFAULT_STEP_TOKENS,
                  timing_cache: str | Path | None = None, builder_optimization_level: int | None = None,
-                 device: int = 0, auto_prepare: bool = True, int8_variant: str = "int8", log=print) -> EngineReport:
+                 device: int = 0, auto_prepare: bool = True, int8_variant: str | None = None,
+                 log=print) -> EngineReport:
     """Build ``engines/<graph>.<precision>.plan`` from the prepared graph (fp16/fp32, prepared on demand)
-    or, for int8, from calibration variant ``int8_variant``, and record it in the manifest."""
+    or, for int8/fp8/int4-awq, from calibration variant ``int8_variant`` (None: `default_variant`), and
+    record it in the manifest."""
     trt = require_tensorrt()
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
 
@@ -170,7 +198,10 @@ def build_engine(pkg_dir: str | Path, graph: str = "decode", precision: str = "f
     pkg = Path(pkg_dir)
     Manifest.load(pkg)
     here = device_info(device)
-    entry = _prepared_entry(pkg, graph, precision, auto_prepare, int8_variant, log)
+    quantized = graph in DECODER_GRAPHS and precision in CALIBRATED_VARIANTS
+    if int8_variant is None and quantized:
+        int8_variant = default_variant(load_manifest(pkg), precision, log)
+    entry = _prepared_entry(pkg, graph, precision, auto_prepare, int8_variant or "", log)
     onnx_path = pkg / entry["file"]
     shapes = derive_profile(entry["inputs"], graph, max_batch, max_step_tokens)
     profile = Profile()

@@ -22,17 +22,26 @@ def _is_backend(obj) -> bool:
 def generate(package, class_ids, *, n_per_class: int = 1, cfg: float | None = None,
              cfg_schedule: str | None = None, order=None, seed: int = 0, temperature: float | None = None,
              top_k: int | None = None, top_p: float | None = None, batch_size: int = 8,
-             backend: str = "auto", on_step: StepCallback | None = None, return_grids: bool = False):
+             backend: str = "auto", precision: str | None = None, on_step: StepCallback | None = None,
+             return_grids: bool = False):
     """Generate ``n_per_class`` images for each class id; unset settings take the model's defaults.
 
     ``package``: a package folder (str/PathLike) or an already opened Backend. Returns the list of PIL
     images (class-major: every image of class_ids[0] first), or ``(images, grids [n, G, G] int64)``
     with ``return_grids``. The same seed gives the same images on every backend and batch size.
+
+    ``precision`` picks the graphs a package path runs (None: fp32; "fp16"; a calibration variant such as
+    "int8-dynamic"; see `runtime.variants`). An opened Backend already has its precision, so a different
+    one is refused rather than silently ignored.
     """
     if _is_backend(package):
         engine: Backend = package
+        have = getattr(package, "precision", None) or "fp32"
+        if precision is not None and precision != have:
+            raise DartrtError(f"the backend was opened at precision {have!r}, not {precision!r}; "
+                              "pass precision to open_package_backend instead")
     elif isinstance(package, (str, os.PathLike)):
-        engine = open_package_backend(os.fspath(package), backend)
+        engine = open_package_backend(os.fspath(package), backend, precision=precision)
     else:
         raise DartrtError(f"package must be a package folder or a Backend, got {type(package).__name__}")
     result = generate_with_backend(

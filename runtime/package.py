@@ -12,6 +12,7 @@ from pathlib import Path
 from .backend import Backend, ModelInfo
 from .errors import DartrtError
 from .manifest import Manifest, load_manifest
+from .variants import FP32, engine_precision, resolve_precision
 
 BACKENDS = ("auto", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
 _ORT_PROVIDERS = {"auto": "auto", "onnxruntime": "auto", "onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
@@ -39,25 +40,47 @@ class Package:
         return Manifest(self.dir, self.manifest)
 
 
-def open_package_backend(pkg_dir: str | Path, backend: str = "auto", *, verify_hashes: bool = True,
+def open_package_backend(pkg_dir: str | Path, backend: str = "auto", *, precision: str | None = None,
+                         verify_hashes: bool = True, graph_files: dict[str, str | Path] | None = None,
                          **options) -> Backend:
     """A ready Backend for the package at ``pkg_dir``.
 
     ``backend``: auto (onnxruntime, on CUDA when it really runs there), onnxruntime, onnxruntime-cpu,
-    onnxruntime-cuda; tensorrt is refused until engines exist. ``options`` go to the backend
-    (for onnxruntime: intra_op_threads, optimization, log_severity).
+    onnxruntime-cuda, tensorrt (built engines). ``options`` go to the backend (for onnxruntime:
+    intra_op_threads, optimization, log_severity).
+
+    ``precision`` (`runtime.variants`): on onnxruntime None/"fp32" runs the exported graphs, "fp16" the
+    prepared FP16 ones, any calibration variant name (int8, int8-dynamic, ...) its INT8 graphs; the
+    backend's ``precision`` says which and its ``name`` shows it ("onnxruntime[int8-dynamic]"). On
+    tensorrt it picks the engine (fp16/int8/fp32, or the variant the int8 engine was built from; None:
+    the best one built). ``graph_files`` (onnxruntime only) replaces single graphs on top of that with
+    files the caller vouches for (absolute, or relative to the package): the calibration sensitivity
+    sweep's scratch graphs, which the manifest does not list.
     """
     if backend not in BACKENDS:
         hint = "; the torch backend needs a checkpoint or preset, not a package" if backend == "torch" else ""
         raise DartrtError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}{hint}")
     package = Package.open(pkg_dir, verify_hashes)
     if backend == "tensorrt":
+        if graph_files:
+            raise DartrtError("graph_files overrides are for the onnxruntime backends; TensorRT runs built engines")
         from .trt_backend import TrtBackend  # imports tensorrt/cuda-python only when constructed
 
-        return TrtBackend(package.view, **options)
+        return TrtBackend(package.view, precision=engine_precision(package.manifest, precision, pkg_dir), **options)
+    chosen = resolve_precision(package.manifest, precision, pkg_dir)
+    files = {graph: package.dir / file for graph, file in chosen.graph_files.items()}
+    for graph, file in (graph_files or {}).items():
+        if graph not in package.manifest["graphs"]:
+            raise DartrtError(f"the package has no {graph!r} graph to replace "
+                              f"(it has {', '.join(package.manifest['graphs'])})")
+        files[graph] = package.dir / file  # an absolute file stays itself
     try:
         from .ort_backend import OrtBackend
     except ImportError as exc:
         raise DartrtError(f"onnxruntime is not installed ({exc}); pip install 'dartrt[cpu]' or 'dartrt[gpu]'") from None
     providers = options.pop("providers", _ORT_PROVIDERS[backend])
-    return OrtBackend(package.view, providers=providers, **options)
+    engine = OrtBackend(package.view, providers=providers, graph_files=files or None, **options)
+    engine.precision = chosen.name
+    if chosen.name != FP32:
+        engine.name = f"{engine.name}[{chosen.name}]"
+    return engine

@@ -345,7 +345,7 @@ class TrtBackend:
 
 def _pick_precision(engines: dict) -> str:
     """fp16 when the package has fp16 engines, else int8, else fp32."""
-    for precision in ("fp16", "int8", "fp32"):
+    for precision in ("fp16", "int8", "fp8", "int4-awq", "fp32"):
         if f"decode.{precision}" in engines:
             return precision
     raise DartrtError("TensorRT backend is not available here: the package has no TensorRT engines; "

@@ -16,12 +16,14 @@ from click.testing import CliRunner  # noqa: E402
 import bench.suite as suite  # noqa: E402
 from bench.bandwidth import Bandwidth, host_read_bandwidth  # noqa: E402
 from bench.cuda_graph import StaticDecodeStep, cuda_capture, eager_capture  # noqa: E402
+from bench.precisions import resolve_precisions  # noqa: E402
 from bench.roofline import Roofline  # noqa: E402
 from bench.timing import Stats, interleaved, time_interleaved  # noqa: E402
 from dar.checkpoint import random_checkpoint  # noqa: E402
 from dar.config import ModelConfig  # noqa: E402
 from runtime.errors import DartrtError  # noqa: E402
 from runtime.manifest import Manifest  # noqa: E402
+from runtime.variants import precision_manifest, resolve_precision  # noqa: E402
 
 torch.set_num_threads(1)
 SMALL = 8 << 20  # bandwidth buffer for tests: the figure is irrelevant here, only that it is measured
@@ -163,6 +165,109 @@ def test_cli_bench_without_torch(tiny_dar_package, tmp_path, monkeypatch):
     assert data["batches"][0]["rows"] == 1 and "speedup" not in data["batches"][0]
     bad = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--batch", "0", "--no-torch"])
     assert bad.exit_code == 2 and "batch sizes must be integers >= 1" in bad.output
+
+
+# ---- INT8 variants as further sides -------------------------------------------------------------------
+VARIANTS = ("int8-dynamic", "int8-wo")
+
+
+@pytest.fixture(scope="module")
+def int8_package(tiny_dar_package, tmp_path_factory):
+    """A copy of tiny-dar with the two calibration-free CPU INT8 variants written by `quantize_package`."""
+    import shutil
+
+    from calibration.quantize import QuantizeConfig, quantize_package
+
+    pkg = tmp_path_factory.mktemp("int8") / "tiny-dar"
+    shutil.copytree(tiny_dar_package, pkg)
+    for fmt in ("dynamic", "weight-only"):
+        quantize_package(pkg, QuantizeConfig(format=fmt), log=lambda *a: None)
+    return pkg
+
+
+def test_resolve_precisions():
+    def variant(fmt: str, rest: str, name: str) -> dict:
+        return {"format": fmt, "high_precision_dtype": rest,
+                "graphs": {g: {"file": f"calibration/{g}.{name}.onnx"} for g in ("prefill", "decode")}}
+
+    files = {f"calibration/{g}.{n}.onnx": "sha" for g in ("prefill", "decode") for n in ("int8-wo", "int8-fp16")}
+    data = {"graphs": {"prefill": {}, "decode": {}}, "files": files,
+            "calibration": {"variants": {"int8-wo": variant("weight-only", "fp32", "int8-wo"),
+                                         "int8-fp16": variant("qdq", "fp16", "int8-fp16")}}}
+    names = lambda got: [p.name for p in got]  # noqa: E731
+    assert names(resolve_precisions(data, (), "cpu")) == ["fp32"]
+    assert names(resolve_precisions(data, ("all",), "cpu")) == ["fp32", "int8-wo"]  # fp16-rest Q/DQ is TensorRT's
+    assert names(resolve_precisions(data, ("all",), "cuda")) == ["fp32", "int8-wo", "int8-fp16"]
+    wo = resolve_precisions(data, ("int8-wo", "fp32", "int8-wo"), "cpu")
+    assert names(wo) == ["fp32", "int8-wo"] and wo[1].graph_files["decode"] == "calibration/decode.int8-wo.onnx"
+    with pytest.raises(DartrtError, match="no precision 'int8' .*fp32, int8-wo, int8-fp16"):
+        resolve_precisions(data, ("int8",), "cpu")
+    with pytest.raises(DartrtError, match="does not run it"):
+        resolve_precisions(data, ("int8-fp16",), "cpu")
+    del data["files"]["calibration/decode.int8-wo.onnx"]  # a file the manifest does not hash is refused
+    with pytest.raises(DartrtError, match="not among"):
+        resolve_precisions(data, ("int8-wo",), "cpu")
+
+
+def test_bench_times_int8_variants_next_to_fp32_and_torch(int8_package, tmp_path):
+    out = tmp_path / "bench.json"
+    lines: list[str] = []
+    suite.run_bench(int8_package, batch_sizes=(1,), repeats=1, warmup=0, threads=1, json_path=out,
+                    bandwidth_bytes=SMALL, accelerator=False, precisions=("all",), echo=lines.append)
+    data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    base, labels = "onnxruntime-cpu", [f"onnxruntime-cpu[{v}]" for v in VARIANTS]
+    assert data["backends"] == [base, "torch-cpu", *labels]
+    assert data["settings"]["precisions"] == ["fp32", *VARIANTS]
+    assert {data["variants"][lab]["precision"] for lab in labels} == set(VARIANTS)
+    manifest = Manifest.load(int8_package)
+    b = data["batches"][0]
+    fp32_weights = b["floors"][base]["step_weights"]
+    assert fp32_weights == Roofline.from_manifest(manifest).decode_step(2, 1).weights
+    assert set(b["precisions"]) == set(labels)  # fp32 is the baseline, not an entry of its own
+    for lab, variant in zip(labels, VARIANTS):
+        for key in TIMING_KEYS:
+            stats = b["timings"][key][lab]
+            assert np.isfinite(stats["median_s"]) and stats["median_s"] > 0, (lab, key)
+        v = b["precisions"][lab]
+        assert v["precision"] == variant
+        for ratios in (v["speedup_vs_fp32"], v["speedup_vs_torch"]):
+            assert set(ratios) == set(TIMING_KEYS) and all(np.isfinite(x) and x > 0 for x in ratios.values())
+        par = v["parity_vs_fp32"]
+        assert par["teacher_forced_steps"] == b["write_index"] + 1  # prefill + the fill + the timed step
+        for key in ("top1_rows", "top1_guided", "image_tokens_match_share"):
+            assert 0.0 <= par[key] <= 1.0, (lab, key)
+        assert np.isfinite(par["step_max_abs"]) and np.isfinite(par["prefill_max_abs"])
+        # priced by the variant's own graphs: INT8 GEMM weights (the fp32 logits head stays)
+        own = Roofline.from_manifest(precision_manifest(manifest, resolve_precision(manifest.data, variant)))
+        assert b["floors"][lab]["step_weights"] == own.decode_step(2, 1).weights < 0.6 * fp32_weights
+        assert b["floors"][lab]["step_floor_s"] < b["floors"][base]["step_floor_s"]
+        assert b["derived"][lab]["per_image_s"] == b["timings"]["image"][lab]["median_s"]
+    # the FP32-vs-torch figures are unchanged by the extra sides; every ratio is "how many times faster"
+    assert b["parity"]["image_tokens_match_share"] == 1.0 and data["reference"]["same_model"] is True
+    image = {lab: b["timings"]["image"][lab]["median_s"] for lab in data["backends"]}
+    assert b["speedup"]["image"] == pytest.approx(image["torch-cpu"] / image[base])
+    for lab in labels:
+        assert b["precisions"][lab]["speedup_vs_fp32"]["image"] == pytest.approx(image[base] / image[lab])
+        assert b["precisions"][lab]["speedup_vs_torch"]["image"] == pytest.approx(image["torch-cpu"] / image[lab])
+    table = "\n".join(lines)
+    assert "by precision" in table and all(lab in table for lab in labels) and "top-1 vs fp32" in table
+
+
+def test_cli_bench_precision_option(int8_package, tmp_path, monkeypatch):
+    from dartrt.cli import main
+
+    monkeypatch.setattr(suite, "host_read_bandwidth", lambda nbytes, threads=1: host_read_bandwidth(SMALL, 2, threads))
+    out = tmp_path / "b.json"
+    args = ["bench", str(int8_package), "--batch", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
+            "--no-torch", "--json", str(out)]
+    result = CliRunner().invoke(main, [*args, "--precision", "int8-wo"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["backends"] == ["onnxruntime-cpu", "onnxruntime-cpu[int8-wo]"]
+    v = data["batches"][0]["precisions"]["onnxruntime-cpu[int8-wo]"]
+    assert v["speedup_vs_torch"] is None and v["speedup_vs_fp32"]["image"] > 0
+    bad = CliRunner().invoke(main, [*args, "--precision", "int4"])
+    assert bad.exit_code != 0 and "no precision 'int4'" in bad.output and "Traceback" not in bad.output
 
 
 # ---- the GPU path, with the CUDA parts stood in for ---------------------------------------------------

@@ -108,6 +108,8 @@ def test_build_inputs_are_prepared_or_calibrated(tiny_dar_package, tmp_path):
         _prepared_entry(pkg, "vq_decoder", "fp16", False, "int8", quiet)
     with pytest.raises(DartrtError, match="no decode graph in calibration variant 'int8'.*dartrt calibrate"):
         _prepared_entry(pkg, "decode", "int8", True, "int8", quiet)
+    with pytest.raises(DartrtError, match="no decode graph in calibration variant 'fp8-fp16'"):
+        _prepared_entry(pkg, "decode", "fp8", True, "fp8-fp16", quiet)
     # A recorded calibration variant is checked and op-reported at build time (here: a stand-in file).
     data = load_manifest(pkg)
     data["calibration"] = {"variants": {"int8": {"graphs": {"decode": {"file": "decode.onnx"}}}}}
@@ -238,3 +240,16 @@ def test_trt_backend_refuses_a_foreign_engine(built_package, tmp_path):
     write_manifest(pkg, data)
     with pytest.raises(DartrtError, match=r"engine decode\.fp16\.plan was built for NVIDIA B200 \(sm_100\)"):
         open_package_backend(pkg, "tensorrt")
+
+
+def test_quantized_engines_default_to_their_fp16_elsewhere_variant():
+    """int8 / fp8 engines prefer the variant with FP16 outside the quantized GEMMs, and say so when they
+    fall back to the fp32-elsewhere one; int4-awq has a single variant."""
+    from graphs.trt_build import default_variant
+
+    notes: list[str] = []
+    both = {"calibration": {"variants": {"fp8": {}, "fp8-fp16": {}}}}
+    assert default_variant(both, "fp8", notes.append) == "fp8-fp16" and notes == []
+    assert default_variant({"calibration": {"variants": {"fp8": {}}}}, "fp8", notes.append) == "fp8"
+    assert len(notes) == 1 and "--format fp8 --high-precision fp16" in notes[0]
+    assert default_variant({}, "int4-awq", notes.append) == "int4-awq" and len(notes) == 1
