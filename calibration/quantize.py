@@ -271,6 +271,21 @@ def _has_external_data(model_path: Path) -> bool:
     return any(i.data_location == onnx.TensorProto.EXTERNAL for i in proto.graph.initializer)
 
 
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+def _write_external(src: Path) -> bool:
+    """Whether a quantized copy of ``src`` must use external data. The exporter moves weights out of the
+    graph above 1 GiB (DAR-B's fp32 graphs), but a lower-precision copy of a graph under the 2 GB
+    protobuf limit always fits inline, and inline is what `_finish` accepts; only sources at or above
+    the limit (graph file plus its data files) still need external data, which is refused for now."""
+    if not _has_external_data(src):
+        return False
+    total = sum(f.stat().st_size for f in src.parent.iterdir()
+                if f.name == src.name or f.name.startswith(src.name + "."))
+    return total >= PROTOBUF_LIMIT
+
+
 def _int4_packer() -> str:
     """ModelOpt packs INT4 weights with a C++ extension it builds through ``cppimport`` (the
     ``nvidia-modelopt[onnx]`` extra), and its ``extensions`` module imports ``cppimport`` outside its
@@ -290,7 +305,7 @@ def _int4_packer() -> str:
 def _modelopt_job(cfg: QuantizeConfig, pkg: str, job: dict) -> dict:
     """One graph's ModelOpt call (child process); returns what it learned about the format."""
     traces = load_traces(pkg, job["graph"], check_hash=False)  # the parent checked the hash
-    external = _has_external_data(Path(job["src"]))
+    external = _write_external(Path(job["src"]))
     if cfg.format == "fp16":
         from graphs.fp16 import Fp16Policy, convert_fp16
 
@@ -370,7 +385,7 @@ def _run_ort_static(src: Path, dst: Path, traces: TraceSet, cfg: QuantizeConfig,
         quantize_static(str(src), str(dst), traces.reader(cfg.samples), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(GEMM_OPS), per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_quantize=quantize, nodes_to_exclude=excluded,
-                        calibrate_method=method, use_external_data_format=_has_external_data(src),
+                        calibrate_method=method, use_external_data_format=_write_external(src),
                         extra_options={"WeightSymmetric": True,
                                        # ORT also Q/DQs GEMM *outputs* by default (then SiLU's Sigmoid and
                                        # the residual Add would read INT8-rounded values): inputs only.
@@ -383,7 +398,7 @@ def _run_ort_dynamic(src: Path, dst: Path, quantize: list[str], excluded: list[s
     with quiet():
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=True,
                          weight_type=QuantType.QInt8, nodes_to_quantize=quantize, nodes_to_exclude=excluded,
-                         use_external_data_format=_has_external_data(src))
+                         use_external_data_format=_write_external(src))
 
 
 def _run_weight_only(src: Path, dst: Path, quantize: list[str], excluded: list[str]) -> None:
@@ -395,7 +410,7 @@ def _run_weight_only(src: Path, dst: Path, quantize: list[str], excluded: list[s
                                      nodes_to_exclude=excluded, nodes_to_include=quantize,
                                      op_types_to_quantize=("MatMul",))
         quant.process()
-    quant.model.save_model_to_file(str(dst), use_external_data_format=_has_external_data(src))
+    quant.model.save_model_to_file(str(dst), use_external_data_format=_write_external(src))
 
 
 def dedicate_qdq_pairs(model: onnx.ModelProto) -> int:

@@ -45,3 +45,21 @@ def test_force_replaces_atomically(tmp_path):
     export_package(random_checkpoint("tiny-1d", seed=3), pkg, force=True, log=lambda *_: None, check=False)
     assert load_manifest(pkg)["files"] != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
+
+
+def test_uncalibrated_int8_of_an_external_data_package_is_inline(tmp_path):
+    """DAR-B's fp32 graphs carry external data (> 1 GiB) but its INT8 copies are < 2 GB: the
+    quantizers must write them inline, which is the form calibration accepts (no refusal)."""
+    from calibration.quantize import QuantizeConfig, quantize_package
+    from runtime.package import open_package_backend
+
+    pkg = tmp_path / "pkg"
+    export_package(random_checkpoint("tiny-dar"), pkg, external_data=True, log=lambda *_: None)
+    for fmt in ("dynamic", "weight-only"):
+        variant = quantize_package(pkg, QuantizeConfig(format=fmt), log=lambda *_: None)
+        for graph in variant.graphs.values():
+            proto = onnx.load(str(pkg / graph.file), load_external_data=False)
+            assert not [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+            assert graph.quantized  # some GEMMs really are INT8
+        backend = open_package_backend(pkg, "onnxruntime-cpu", precision=variant.name)
+        assert backend.precision == variant.name
