@@ -209,7 +209,8 @@ class Variant:
     def to_dict(self) -> dict:
         return {"format": self.config.format, "method": self.config.method_used,
                 "high_precision_dtype": self.config.rest_dtype, "keep": list(self.config.keep),
-                "only": list(self.config.only), "tool": tool_version(self.config.format),
+                "only": list(self.config.only), "keep_head": self.config.keep_head,
+                "tool": tool_version(self.config.format),
                 "graphs": {g: asdict(q) for g, q in self.graphs.items()}}
 
 

@@ -63,3 +63,12 @@ def test_uncalibrated_int8_of_an_external_data_package_is_inline(tmp_path):
             assert graph.quantized  # some GEMMs really are INT8
         backend = open_package_backend(pkg, "onnxruntime-cpu", precision=variant.name)
         assert backend.precision == variant.name
+        head = open_package_backend(pkg, "onnxruntime-cpu").info  # the package still opens as fp32 too
+        assert head.num_classes > 0
+
+
+def test_quantize_head_option_reaches_the_recipe():
+    from calibration.run import CalibrateOptions
+
+    assert all(c.keep_head for c in CalibrateOptions(formats=("weight-only", "qdq")).configs)
+    assert not any(c.keep_head for c in CalibrateOptions(formats=("weight-only",), quantize_head=True).configs)
