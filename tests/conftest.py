@@ -24,3 +24,23 @@ def tiny_dar_package(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def traced_copy(package, tmp_path_factory, name: str, n_decode: int):
+    """A private copy of ``package`` with recorded calibration traces (one torch thread, as calibrate
+    records them), so tests that add variants leave the shared package pristine."""
+    import shutil
+
+    import torch
+
+    from calibration.traces import checkpoint_for_package, record_traces
+
+    pkg = tmp_path_factory.mktemp(name) / "tiny-dar"
+    shutil.copytree(package, pkg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        record_traces(pkg, checkpoint_for_package(pkg), n_decode=n_decode, seed=0, log=lambda *a: None)
+    finally:
+        torch.set_num_threads(threads)
+    return pkg

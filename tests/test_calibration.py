@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from conftest import traced_copy
 
 from calibration.graphinfo import SENSITIVE_OP_TYPES, head_nodes, int8_gemms
 from calibration.report import compare_logits, kl_divergence, top1_agreement
@@ -31,16 +32,8 @@ def calibrated(tiny_dar_package, tmp_path_factory):
     """A private copy of the tiny package with traces and the INT8 variants (the shared package stays
     pristine for the other tests)."""
     from calibration.quantize import QuantizeConfig, quantize_package
-    from calibration.traces import checkpoint_for_package, record_traces
 
-    pkg = tmp_path_factory.mktemp("calib") / "tiny-dar"
-    shutil.copytree(tiny_dar_package, pkg)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        record_traces(pkg, checkpoint_for_package(pkg), n_decode=N_DECODE, seed=0, log=lambda *a: None)
-    finally:
-        torch.set_num_threads(threads)
+    pkg = traced_copy(tiny_dar_package, tmp_path_factory, "calib", N_DECODE)
     variants = ["int8-ort"]
     quantize_package(pkg, QuantizeConfig(format="qdq-ort"), log=lambda *a: None)
     if HAS_MODELOPT:

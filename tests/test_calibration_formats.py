@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
+from conftest import traced_copy
 from onnx import TensorProto
 
 from calibration.graphinfo import SENSITIVE_OP_TYPES, gemm_nodes, head_nodes, int8_gemms, modulation_nodes
@@ -42,17 +42,9 @@ def calibrated(tiny_dar_package, tmp_path_factory):
     """A private copy of the tiny package with traces and the three variants, made by the CLI."""
     from click.testing import CliRunner
 
-    from calibration.traces import checkpoint_for_package, record_traces
     from dartrt.cli import main
 
-    pkg = tmp_path_factory.mktemp("formats") / "tiny-dar"
-    shutil.copytree(tiny_dar_package, pkg)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        record_traces(pkg, checkpoint_for_package(pkg), n_decode=N_DECODE, seed=0, log=lambda *a: None)
-    finally:
-        torch.set_num_threads(threads)
+    pkg = traced_copy(tiny_dar_package, tmp_path_factory, "formats", N_DECODE)
     args = ["calibrate", str(pkg), "--reuse-traces", "--images", "1", "--no-auto-keep"]
     for fmt in FORMATS:
         args += ["--format", fmt]
