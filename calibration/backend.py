@@ -11,28 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.errors import DartrtError
-from runtime.manifest import Manifest
 from runtime.ort_backend import OrtBackend
 from runtime.package import open_package_backend
-from runtime.variants import Precision, precision_manifest, resolve_precision
-
-
-def variant_graph_files(data: dict, variant: str) -> dict[str, str]:
-    """The package-relative graph files of a recorded variant (``calibration.variants[variant]``)."""
-    chosen = resolve_precision(data, variant)
-    if chosen.source != "calibration":
-        raise DartrtError(f"{variant!r} is not a calibration variant; run `dartrt calibrate`")
-    return dict(chosen.graph_files)
-
-
-def variant_manifest(manifest: Manifest, graph_files: dict[str, str]) -> Manifest:
-    """A copy of ``manifest`` whose graphs point at ``graph_files`` (package-relative or absolute), for
-    tools that read graph files off a manifest (bench's roofline); running one needs no view."""
-    for graph in graph_files:
-        if graph not in manifest.data["graphs"]:
-            raise DartrtError(f"the package has no {graph!r} graph to replace")
-    return precision_manifest(manifest, Precision("custom", "calibration", {g: str(f) for g, f in graph_files.items()}))
 
 
 def open_variant(pkg: str | Path, variant: str | None = None, graph_files: dict[str, str] | None = None,

@@ -28,6 +28,7 @@ from pathlib import Path
 from runtime.errors import DartrtError
 from runtime.fileio import atomic_write_bytes
 from runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
+from runtime.variants import CALIBRATE_FLAGS
 
 from .prepare import ALL_GRAPHS, DECODER_GRAPHS, prepare, prepared_key
 
@@ -44,7 +45,6 @@ BUILD_PRECISIONS = ("fp16", "int8", "fp8", "int4-awq", "fp32")
 CALIBRATED_VARIANTS: dict[str, tuple[str, ...]] = {
     "int8": ("int8-fp16", "int8"), "fp8": ("fp8-fp16", "fp8"), "int4-awq": ("int4-awq",)}
 INT8_VARIANTS = CALIBRATED_VARIANTS["int8"]
-_CALIBRATE_FLAGS = {"int8": "--format qdq", "fp8": "--format fp8", "int4-awq": "--format int4-awq"}
 
 Shape = tuple[int, ...]
 
@@ -128,7 +128,7 @@ def default_variant(data: dict, precision: str, log=print) -> str:
         return candidates[0]
     log(f"note: no calibration variant {candidates[0]!r} ({precision} GEMMs, FP16 elsewhere); building from "
         f"{candidates[1]!r}, FP32 outside the {precision} GEMMs (`dartrt calibrate PKG "
-        f"{_CALIBRATE_FLAGS[precision]} --high-precision fp16` makes {candidates[0]})")
+        f"{CALIBRATE_FLAGS[candidates[0]]}` makes {candidates[0]})")
     return candidates[1]
 
 
