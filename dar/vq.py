@@ -34,6 +34,9 @@ __all__ = [
 ]
 
 
+ENCODERS = ("llamagen", "patch")
+
+
 @dataclass
 class VQConfig:
     """Shape of a LlamaGen-style VQ tokenizer. Defaults are LlamaGen's VQ-16 (``vq_ds16_c2i.pt``)."""
@@ -50,6 +53,9 @@ class VQConfig:
     out_channels: int = 3
     # Weight of the commitment term (LlamaGen's commit_loss_beta); only used in training.
     commit_beta: float = 0.25
+    # "llamagen" (conv + attention, LlamaGen's keys) or "patch" (each token sees only its own pixels).
+    # Training only: export and import use the decode path, which is the same for both.
+    encoder: str = "llamagen"
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -57,6 +63,8 @@ class VQConfig:
             raise ValueError("VQConfig.ch_mult must have at least one level")
         if self.num_res_blocks < 1:
             raise ValueError("VQConfig.num_res_blocks must be >= 1 (the encoder widens inside its res blocks)")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"VQConfig.encoder must be one of {ENCODERS}, got {self.encoder!r}")
         for width in sorted({self.ch * m for m in self.ch_mult}):
             if width % self.norm_groups:
                 raise ValueError(f"VQConfig: channel width {width} is not divisible by norm_groups={self.norm_groups}")
@@ -92,9 +100,9 @@ VQ_PRESETS: dict[str, VQConfig] = {
     # LlamaGen VQ-16: 16× downsample, 256 px -> 16×16 grid; `decoder.*` 42.45M params (the spec's figure),
     # 42.58M with the codebook and post_quant_conv.
     "VQ-16": VQConfig(),
-    # Bundled demo: 64 px -> 16×16 grid (4× downsample), widths 16/32/64, one res block per encoder level
-    # (two per decoder level), GroupNorm(4). Decode path 0.50M params, whole tokenizer 0.80M, ~0.6 GFLOP
-    # per decoded image. Thin at full resolution because that level dominates CPU training time.
+    # Bundled demo: 64 px -> 16×16 grid (4× downsample), decoder widths 16/32/64 with two res blocks per
+    # level, GroupNorm(4): decode path 0.50M params, ~0.6 GFLOP per decoded image. The encoder is the
+    # strictly local patch encoder (see PatchEncoder), which also trains 3x faster than the conv encoder.
     "VQ-demo": VQConfig(
         codebook_size=512,
         codebook_dim=8,
@@ -103,6 +111,7 @@ VQ_PRESETS: dict[str, VQConfig] = {
         ch_mult=(1, 2, 4),
         num_res_blocks=1,
         norm_groups=4,
+        encoder="patch",
     ),
 }
 
@@ -244,6 +253,27 @@ class Encoder(nn.Module):
         for block in self.mid:
             h = block(h)
         return self.conv_out(_swish(self.norm_out(h)))
+
+
+class PatchEncoder(nn.Module):
+    """Image [B,3,H,W] -> latent [B,z,H/f,W/f], each latent a function of its own f×f patch only.
+
+    Why: LlamaGen's encoder sees the whole image (its mid block has attention), so a token's code also
+    records what lies around it. On the demo's flat-coloured shapes that spread one background colour
+    over ~130 codes (measured), and the AR model then spends its capacity on modelling that context
+    noise. A strictly local encoder maps equal patches to equal codes; the decoder, which keeps its
+    receptive field, still uses neighbouring tokens to place edges.
+    """
+
+    def __init__(self, cfg: VQConfig) -> None:
+        super().__init__()
+        f, hidden = cfg.downsample, 2 * cfg.ch * cfg.ch_mult[-1]
+        self.patch = nn.Conv2d(cfg.in_channels, hidden, kernel_size=f, stride=f)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Conv2d(hidden, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, hidden, 1),
+                                 nn.SiLU(), nn.Conv2d(hidden, cfg.z_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.patch(x))
 
 
 class Decoder(nn.Module):
@@ -397,7 +427,7 @@ class VQModel(nn.Module):
     def __init__(self, config: VQConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
+        self.encoder = PatchEncoder(config) if config.encoder == "patch" else Encoder(config)
         self.decoder = Decoder(config)
         self.quantize = VectorQuantizer(config.codebook_size, config.codebook_dim)
         self.quant_conv = nn.Conv2d(config.z_channels, config.codebook_dim, 1)

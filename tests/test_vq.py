@@ -146,6 +146,31 @@ def test_config_dict_round_trip() -> None:
         VQConfig.from_dict({**d, "bogus": 1})
     with pytest.raises(ValueError, match="norm_groups"):
         VQConfig(ch=10, norm_groups=4)
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        VQConfig(encoder="vit")
+
+
+def test_patch_encoder_is_local() -> None:
+    """A token of the patch encoder depends on its own 4x4 pixels only, so equal patches get equal codes
+    whatever surrounds them (the property the demo tokenizer is chosen for)."""
+    cfg = VQConfig(**{**TINY.to_dict(), "encoder": "patch"})
+    torch.manual_seed(0)
+    model = build_vq(cfg).eval()
+    f = cfg.downsample
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    y = x.clone()
+    y[..., f:, :] = torch.rand_like(y[..., f:, :]) * 2 - 1  # everything but the first row of patches
+    with torch.no_grad():
+        zx, zy = model._encode_latent(x), model._encode_latent(y)
+    assert torch.equal(zx[:, 0], zy[:, 0])  # first token row unchanged, bit for bit
+    assert not torch.allclose(zx[:, 1:], zy[:, 1:])
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    flat[..., :f, :f] = -0.7  # one odd patch; all the other flat patches must share a code
+    ids = model.encode_to_indices(flat)[0].flatten()
+    assert ids[1:].unique().numel() == 1
+    # the decode path does not depend on the encoder kind: same keys as the llamagen tokenizer
+    assert set(build_vq(cfg, device="meta").decode_path().state_dict()) == set(
+        build_vq(TINY, device="meta").decode_path().state_dict())
 
 
 def _blocks(step: int, n: int) -> np.ndarray:

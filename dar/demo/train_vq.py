@@ -194,7 +194,7 @@ def train_vq(
                 counts.zero_()
         if progress and (step % 10 == 0 or step == steps - 1):
             phase = "vq" if quantize else "ae"
-            bar.set_postfix(phase=phase, rec=f"{float(rec):.4f}", usage=f"{window_usage:.2f}")
+            bar.set_postfix(phase=phase, rec=f"{float(rec.detach()):.4f}", usage=f"{window_usage:.2f}")
     seconds = time.perf_counter() - t0
     model.eval()
 
