@@ -6,8 +6,8 @@ size, position, rotation and proportions vary at random, so a model must learn g
 Why it looks like this:
   * Large flat regions, no textures: the demo's VQ tokenizer (16x16 tokens, 512 codes) and a few-million-
     parameter AR model have to model these images, so the information per image is kept small.
-  * Colours come from a fixed palette of 12: flat patches of a palette colour quantise to a handful of
-    codes, whereas continuous random colours would spend most of the codebook on colour alone.
+  * Colours come from a fixed palette of 12: with the demo's patch encoder a flat patch of a palette colour
+    quantises to one code, whereas continuous random colours would spend most of the codebook on colour.
   * Edges are antialiased analytically from signed distances (coverage = clip(0.5 - d, 0, 1)), which is
     as smooth as supersampling and cheaper: one pass over a 64x64 grid per image.
   * ``render(seed, label)`` is a pure function; ``make_batch`` derives the seed from (split, index) so the
