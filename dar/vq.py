@@ -260,7 +260,7 @@ class PatchEncoder(nn.Module):
 
     Why: LlamaGen's encoder sees the whole image (its mid block has attention), so a token's code also
     records what lies around it. On the demo's flat-coloured shapes that spread one background colour
-    over ~130 codes (measured), and the AR model then spends its capacity on modelling that context
+    over many codes (134 for one corner token), and the AR model then spends its capacity on modelling that context
     noise. A strictly local encoder maps equal patches to equal codes; the decoder, which keeps its
     receptive field, still uses neighbouring tokens to place edges.
     """
