@@ -259,10 +259,10 @@ class PatchEncoder(nn.Module):
     """Image [B,3,H,W] -> latent [B,z,H/f,W/f], each latent a function of its own f×f patch only.
 
     Why: LlamaGen's encoder sees the whole image (its mid block has attention), so a token's code also
-    records what lies around it. On the demo's flat-coloured shapes that spread one background colour
-    over many codes (134 for one corner token), and the AR model then spends its capacity on modelling that context
-    noise. A strictly local encoder maps equal patches to equal codes; the decoder, which keeps its
-    receptive field, still uses neighbouring tokens to place edges.
+    records what lies around it and equal patches need not get equal codes (on the demo's shapes one corner
+    token took 134 codes over 2,000 images); the AR model then spends capacity on that context noise. A
+    strictly local encoder maps equal patches to equal codes (flat patches: one code per colour); the
+    decoder, which keeps its receptive field, still uses neighbouring tokens to place edges.
     """
 
     def __init__(self, cfg: VQConfig) -> None:
