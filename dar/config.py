@@ -135,7 +135,7 @@ PRESETS: dict[str, ModelConfig] = {
                            num_classes=10, grid_size=8, rope="1d", token_embedding="learned", adaln=False,
                            order="raster"),
     # The bundled demo's architecture (trained weights live in models/demo). 3 heads of 64 rather than 6 of
-    # 32: PyTorch's CPU flash-attention kernel is slow at head_dim 32, so training steps run ~1.5x faster.
+    # 32: PyTorch's CPU attention is slower at head_dim 32; training steps ran 1.1-1.4x faster (README).
     # Default CFG 1.5: the best class accuracy of a sweep over 1.0-2.5 (seed 1, 20 images per class); at 4.0
     # this small model saturates (47 %, README).
     "DAR-demo": ModelConfig(name="DAR-demo", n_layer=6, d_model=192, n_head=3, vocab_size=512,

@@ -28,7 +28,7 @@ from pathlib import Path
 from runtime.errors import DartrtError
 from runtime.fileio import atomic_write_bytes
 from runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
-from runtime.variants import CALIBRATE_FLAGS
+from runtime.variants import CALIBRATE_FLAGS, ENGINE_PRECISIONS
 
 from .prepare import ALL_GRAPHS, DECODER_GRAPHS, prepare, prepared_key
 
@@ -37,14 +37,13 @@ MIN_TRT = (10, 15)  # RotaryEmbedding / TensorScatter / opset-24 parsing
 DEFAULT_MAX_BATCH = 8
 DEFAULT_STEP_TOKENS = 4
 ENGINE_DIR = "engines"
-BUILD_PRECISIONS = ("fp16", "int8", "fp8", "int4-awq", "fp32")
+BUILD_PRECISIONS = ENGINE_PRECISIONS  # what the runtime picks engines by, so every build is runnable
 # Quantized engines are built from the Q/DQ graphs `dartrt calibrate` wrote (TRT 11 is strongly typed:
 # the precision is in the graph). First choice: the variant with FP16 outside the quantized GEMMs, what
 # TensorRT runs fastest; the fp32-elsewhere variant (made for onnxruntime's CPU EP too) is the fallback.
 # fp8 and int4-awq are for Hopper-class GPUs and unverified here (no TensorRT, no GPU).
 CALIBRATED_VARIANTS: dict[str, tuple[str, ...]] = {
     "int8": ("int8-fp16", "int8"), "fp8": ("fp8-fp16", "fp8"), "int4-awq": ("int4-awq",)}
-INT8_VARIANTS = CALIBRATED_VARIANTS["int8"]
 
 Shape = tuple[int, ...]
 
@@ -130,10 +129,6 @@ def default_variant(data: dict, precision: str, log=print) -> str:
         f"{candidates[1]!r}, FP32 outside the {precision} GEMMs (`dartrt calibrate PKG "
         f"{CALIBRATE_FLAGS[candidates[0]]}` makes {candidates[0]})")
     return candidates[1]
-
-
-def default_int8_variant(data: dict, log=print) -> str:
-    return default_variant(data, "int8", log)
 
 
 def _calibrated_entry(pkg: Path, graph: str, variant: str) -> dict:

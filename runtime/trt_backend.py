@@ -28,6 +28,7 @@ from .backend import ModelInfo
 from .errors import DartrtError
 from .images import to_uint8
 from .manifest import Manifest
+from .variants import ENGINE_PRECISIONS
 
 STEP_INPUTS = ("input_ids", "positions", "direction", "write_index")
 INSTALL_HINT = "pip install 'dartrt[tensorrt]'"
@@ -344,8 +345,8 @@ class TrtBackend:
 
 
 def _pick_precision(engines: dict) -> str:
-    """fp16 when the package has fp16 engines, else int8, else fp32."""
-    for precision in ("fp16", "int8", "fp8", "int4-awq", "fp32"):
+    """The first precision of ENGINE_PRECISIONS (fp16, int8, fp8, int4-awq, fp32) the package has engines for."""
+    for precision in ENGINE_PRECISIONS:
         if f"decode.{precision}" in engines:
             return precision
     raise DartrtError("TensorRT backend is not available here: the package has no TensorRT engines; "

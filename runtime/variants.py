@@ -124,8 +124,8 @@ def precision_manifest(manifest: Manifest, precision: Precision) -> Manifest:
 
 
 def engine_precision(data: dict, name: str | None, pkg: str | Path | None = None) -> str | None:
-    """The TensorRT engine precision for a requested ``name``: None lets the backend pick (fp16, then
-    int8, then fp32); fp16/int8/fp32 pass through; a calibration variant means the int8 engine when
+    """The TensorRT engine precision for a requested ``name``: None lets the backend pick (the first of
+    ENGINE_PRECISIONS it has); fp16/int8/fp32 pass through; a calibration variant means the int8 engine when
     that engine was built from the variant's decode graph (the manifest's ``engines`` records its ONNX)."""
     if name is None or name in ENGINE_PRECISIONS:
         return name

@@ -231,10 +231,10 @@ def test_tensorrt_precision_mapping(pkg):
 
 
 def test_trt_int8_engine_prefers_the_fp16_variant():
-    from graphs.trt_build import default_int8_variant
+    from graphs.trt_build import default_variant
 
     notes: list[str] = []
     both = {"calibration": {"variants": {"int8": {}, "int8-fp16": {}}}}
-    assert default_int8_variant(both, notes.append) == "int8-fp16" and notes == []
-    assert default_int8_variant({"calibration": {"variants": {"int8": {}}}}, notes.append) == "int8"
+    assert default_variant(both, "int8", notes.append) == "int8-fp16" and notes == []
+    assert default_variant({"calibration": {"variants": {"int8": {}}}}, "int8", notes.append) == "int8"
     assert len(notes) == 1 and "int8-fp16" in notes[0] and "--high-precision fp16" in notes[0]
