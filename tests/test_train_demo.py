@@ -37,3 +37,55 @@ def test_quick_recipe_and_tokenizer_cache(tmp_path):
     other = dataclasses.replace(QUICK, train_images=QUICK.train_images + 10)
     train_demo(tmp_path / "c", other, progress=False, log=logs.append, cache_dir=cache, reuse_classifier=True)
     assert not any("reusing" in line for line in logs) and len(list(cache.iterdir())) == 2
+
+
+def _tiny_forward_inputs():
+    import torch
+
+    from dar.config import get_preset
+    from dar.model import build_model
+    from runtime.orders import direction_ids, make_order, positions_table
+
+    cfg = get_preset("tiny-dar")
+    order = make_order(cfg.order, cfg.grid_size)
+    pos = torch.from_numpy(positions_table(order, cfg.grid_size, cfg.rope))
+    dirs = torch.from_numpy(direction_ids(order))
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.grid_size**2 - 1), generator=gen)
+    return build_model(cfg).train(), (torch.tensor([3, cfg.num_classes]), tokens, pos, dirs)
+
+
+def test_compiled_TrainingForward_matches_eager():
+    """The compiled training forward gives the eager logits (fp32, atol 1e-4; without a working compiler
+    the guarded fallback is eager, so this still checks the numbers the training loop sees)."""
+    import torch
+
+    from dar.demo.train_dar import _TrainingForward
+
+    model, args = _tiny_forward_inputs()
+    eager = model.forward_full(*args, gather_modulation=True)
+    compiled = _TrainingForward(model, True, log=print)(*args, gather_modulation=True)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_TrainingForward_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    import torch
+
+    from dar.demo.train_dar import _TrainingForward
+
+    def broken_compile(fn):
+        def call(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model, args = _tiny_forward_inputs()
+    logs: list[str] = []
+    forward = _TrainingForward(model, True, log=logs.append)
+    first = forward(*args, gather_modulation=True)
+    second = forward(*args, gather_modulation=True)
+    assert forward.compiled is None
+    torch.testing.assert_close(first, model.forward_full(*args, gather_modulation=True), atol=0, rtol=0)
+    torch.testing.assert_close(second, first, atol=0, rtol=0)
+    assert len(logs) == 1 and "eager" in logs[0] and "No working C++ compiler" in logs[0]
+    assert "\n" not in logs[0]

@@ -8,6 +8,10 @@ Why it looks like this:
     parameter AR model have to model these images, so the information per image is kept small.
   * Colours come from a fixed palette of 12: with the demo's patch encoder a flat patch of a palette colour
     quantises to one code, whereas continuous random colours would spend most of the codebook on colour.
+  * Compact shapes span at least 5-6 tokens of the 16x16 grid (e.g. square sides 22-40 px, star tips at
+    radius 20-30 px). A smaller minimum (square sides from 16 px, 4 tokens) left the shape in a few edge
+    codes, and the demo DAR drew such shapes as blobs; raising it came with the largest measured gain
+    (together with 30 % more DAR steps: 71.8 -> 83.8 % class accuracy, README).
   * Edges are antialiased analytically from signed distances (coverage = clip(0.5 - d, 0, 1)), which is
     as smooth as supersampling and cheaper: one pass over a 64x64 grid per image.
   * ``render(seed, label)`` is a pure function; ``make_batch`` derives the seed from (split, index) so the
@@ -129,19 +133,19 @@ def _centre(rng: np.random.Generator, radius: float) -> tuple[float, float]:
 
 
 def _circle(rng: np.random.Generator) -> np.ndarray:
-    r = rng.uniform(8, 22)
+    r = rng.uniform(11, 24)
     return _coverage(_sd_circle(*_centre(rng, r), r))
 
 
 def _square(rng: np.random.Generator) -> np.ndarray:
-    h = rng.uniform(8, 19)
+    h = rng.uniform(11, 20)
     theta = rng.uniform(0, np.pi / 2)
     u, v = _local(*_centre(rng, h * np.sqrt(2)), theta)
     return _coverage(_sd_box(u, v, h, h))
 
 
 def _triangle(rng: np.random.Generator) -> np.ndarray:
-    r = rng.uniform(14, 27)
+    r = rng.uniform(18, 28)
     cx, cy = _centre(rng, r)
     angles = rng.uniform(0, 2 * np.pi) + np.arange(3) * 2 * np.pi / 3 + rng.uniform(-0.15, 0.15, 3)
     radii = r * rng.uniform(0.85, 1.0, 3)
@@ -157,7 +161,7 @@ def _ring(rng: np.random.Generator) -> np.ndarray:
 
 
 def _cross(rng: np.random.Generator) -> np.ndarray:
-    arm = rng.uniform(13, 26)
+    arm = rng.uniform(16, 27)
     half_t = max(arm * rng.uniform(0.18, 0.3), 2.5)
     theta = rng.uniform(0, np.pi / 2)
     u, v = _local(*_centre(rng, np.hypot(arm, half_t)), theta)
@@ -167,7 +171,7 @@ def _cross(rng: np.random.Generator) -> np.ndarray:
 def _star(rng: np.random.Generator) -> np.ndarray:
     """A five-pointed star. Folding the plane into one half-sector by symmetry leaves a single boundary
     segment (inner vertex to tip), so the signed distance is exact and has no seams between spikes."""
-    r_out = rng.uniform(15, 28)
+    r_out = rng.uniform(20, 30)
     r_in = r_out * rng.uniform(0.38, 0.5)
     cx, cy = _centre(rng, r_out)
     sector = np.float32(2 * np.pi / 5)
@@ -186,7 +190,7 @@ def _star(rng: np.random.Generator) -> np.ndarray:
 
 
 def _two_dots(rng: np.random.Generator) -> np.ndarray:
-    r = rng.uniform(5, 10)
+    r = rng.uniform(6, 11)
     ax, ay = _centre(rng, r)
     for _ in range(100):  # rejection: the dots must be clearly apart (a gap of at least 4 px)
         bx, by = _centre(rng, r)
