@@ -89,3 +89,28 @@ def test_TrainingForward_falls_back_to_eager_when_compilation_fails(monkeypatch)
     torch.testing.assert_close(second, first, atol=0, rtol=0)
     assert len(logs) == 1 and "eager" in logs[0] and "No working C++ compiler" in logs[0]
     assert "\n" not in logs[0]
+
+
+def test_bf16_autocast_is_skipped_where_the_cpu_has_no_native_bf16(monkeypatch):
+    """Emulated bf16 made a step 10x slower than fp32 (AVX2 CPU), so without native kernels the DAR
+    trains in fp32: one log line, and exactly the weights of an fp32 run."""
+    import torch
+
+    from dar.config import get_preset
+    from dar.demo import train_dar as module
+
+    monkeypatch.setattr(module, "cpu_runs_bf16", lambda: False)
+    cfg = get_preset("tiny-dar")
+    rng = np.random.default_rng(0)
+    grids = rng.integers(0, cfg.vocab_size, (8, cfg.grid_size, cfg.grid_size))
+    labels = rng.integers(0, cfg.num_classes, 8)
+    codebook = torch.nn.functional.normalize(torch.randn(cfg.vocab_size, cfg.codebook_dim), dim=-1)
+    runs = {}
+    for bf16 in (True, False):
+        logs: list[str] = []
+        opts = module.TrainDAROptions(steps=2, batch_size=4, warmup=1, bf16=bf16)
+        runs[bf16] = module.train_dar(cfg, codebook, grids, labels, opts, progress=False, log=logs.append)
+        assert runs[bf16][1]["bf16"] is False
+        assert len(logs) == int(bf16) and all("fp32" in line and "\n" not in line for line in logs)
+    weights = [dict(model.state_dict()) for model, _ in runs.values()]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
