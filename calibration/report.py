@@ -233,7 +233,9 @@ def trace_agreement(pkg: str | Path, graph_file: str | Path, graph: str = "decod
     elif runner == "ort":
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
+        from runtime.ort_backend import exact_int8_gemms
+
+        opts = exact_int8_gemms(ort.SessionOptions())
         opts.log_severity_level = 3
         opts.intra_op_num_threads = 1
         opts.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,

@@ -39,7 +39,9 @@ def cpu_session(path: str | Path):
     the reproducible reference."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
+    from runtime.ort_backend import exact_int8_gemms
+
+    opts = exact_int8_gemms(ort.SessionOptions())  # graphs may be INT8 variants
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1

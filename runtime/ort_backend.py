@@ -36,6 +36,17 @@ OPT_LEVELS = {
 }
 
 
+def exact_int8_gemms(opts: ort.SessionOptions) -> ort.SessionOptions:
+    """Ask ORT for its U8U8 integer GEMMs on x86 CPUs without VNNI (``session.x64quantprecision``).
+
+    Why: there ORT's fast U8S8 kernels sum pairs of products in saturating 16-bit lanes, so INT8
+    graphs silently lose accuracy; on an AVX2-only EPYC the dynamic INT8 tiny DAR agreed with FP32 on
+    395 of 512 top-1 tokens against 500 on an AVX-512 VNNI CPU. ORT applies the option only where the
+    CPU lacks VNNI, and it changes nothing for float graphs."""
+    opts.add_session_config_entry("session.x64quantprecision", "1")
+    return opts
+
+
 def cache_names(n_layer: int, prefix: str) -> list[str]:
     """``{prefix}.{i}.key`` / ``.value`` for every layer, in graph order."""
     return [f"{prefix}.{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]
@@ -81,7 +92,7 @@ class SessionSettings:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = int(self.log_severity)
-        return opts
+        return exact_int8_gemms(opts)
 
 
 def open_session(path: Path, settings: SessionSettings, providers: list[str]) -> ort.InferenceSession:

@@ -7,10 +7,12 @@ import dataclasses
 import json
 
 import numpy as np
+import torch
 from safetensors.numpy import load_file
 
 from dar.checkpoint import load_checkpoint
 from dar.demo.train import QUICK, train_demo
+from dar.demo.train_dar import cpu_runs_bf16
 
 
 def test_quick_recipe_and_tokenizer_cache(tmp_path):
@@ -20,7 +22,10 @@ def test_quick_recipe_and_tokenizer_cache(tmp_path):
     assert not any("reusing" in line for line in logs)
     ckpt = load_checkpoint(tmp_path / "a")  # a loadable checkpoint: DAR, VQ decoder, config
     assert ckpt.config.name == "DAR-demo"
-    assert json.loads((tmp_path / "a" / "train_log.json").read_text())["timings_seconds"]["dar"] > 0
+    train_log = json.loads((tmp_path / "a" / "train_log.json").read_text())
+    assert train_log["timings_seconds"]["dar"] > 0
+    assert train_log["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # e.g. "AVX2"
+    assert train_log["dar"][0]["bf16"] == cpu_runs_bf16()  # QUICK asks for bf16: taken where native
     (entry,) = cache.iterdir()
     assert {p.name for p in entry.iterdir()} == {"vq_full.safetensors", "tokens.npz", "done.json"}
 

@@ -4,7 +4,8 @@ The package is a private copy of the tiny one with two cheap extra precisions: `
 (onnxruntime dynamic quantization, needs no traces, under a second) and ``fp16`` (`graphs.prepare`,
 about 6 s on one shared core). Random weights make the logits nearly flat, so closeness to fp32 is
 judged the way calibration judges INT8: teacher-forced top-1 agreement over every step and row, CFG
-null rows included (>= 0.95; measured 500/512 = 0.977 for int8-dynamic, 1.0 for fp16), and for seeded
+null rows included (>= 0.95; measured 500/512 = 0.977 for int8-dynamic, 1.0 for fp16; on an AVX2 CPU
+without VNNI 395/512 until sessions asked for ORT's exact U8U8 GEMMs, then 500/512), and for seeded
 sampling with the model's defaults, the share of identical tokens (>= 0.9; measured 0.996).
 """
 
@@ -152,6 +153,15 @@ def test_int8_variant_generates_close_to_fp32(pkg):
     assert np.array_equal(by_path, got)
     with pytest.raises(DartrtError, match="opened at precision 'fp32', not 'int8-dynamic'"):
         runtime.generate(ref, classes, precision=INT8)
+
+
+def test_sessions_ask_for_exact_int8_gemms_on_cpus_without_vnni():
+    """The U8S8 saturation fix must reach every backend session (the test above fails without it on
+    such CPUs; on VNNI CPUs ORT ignores the option)."""
+    from runtime.ort_backend import SessionSettings
+
+    opts = SessionSettings(providers="cpu").options()
+    assert opts.get_session_config_entry("session.x64quantprecision") == "1"
 
 
 def test_fp16_runs_with_an_fp16_cache(fp16_pkg):

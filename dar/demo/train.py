@@ -149,6 +149,7 @@ def train_demo(out: str | Path, recipe: DemoRecipe | None = None, progress: bool
     report = {"recipe": asdict(recipe), "classifier": clf_metrics, "vq": vq_metrics, "codes_used": int(used),
               "dar": dar_log, "dar_parameters": sum(p.numel() for p in model.parameters()),
               "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
-              "torch_threads": torch.get_num_threads()}
+              "torch_threads": torch.get_num_threads(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # the timings depend on it
     atomic_write(out / "train_log.json", lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
     return report
