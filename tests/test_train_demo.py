@@ -99,8 +99,6 @@ def test_TrainingForward_falls_back_to_eager_when_compilation_fails(monkeypatch)
 def test_bf16_autocast_is_skipped_where_the_cpu_has_no_native_bf16(monkeypatch):
     """Emulated bf16 made a step 10x slower than fp32 (AVX2 CPU), so without native kernels the DAR
     trains in fp32: one log line, and exactly the weights of an fp32 run."""
-    import torch
-
     from dar.config import get_preset
     from dar.demo import train_dar as module
 
