@@ -117,3 +117,48 @@ def test_bf16_autocast_is_skipped_where_the_cpu_has_no_native_bf16(monkeypatch):
         assert len(logs) == int(bf16) and all("fp32" in line and "\n" not in line for line in logs)
     weights = [dict(model.state_dict()) for model, _ in runs.values()]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    """Muon orthogonalises 2D updates, which suits hidden matrices only; embeddings, the head, AdaLN
+    and the gains stay with AdamW, and every parameter is in exactly one optimizer."""
+    import pytest
+
+    from dar.config import get_preset
+    from dar.demo.train_dar import TrainDAROptions, make_optimizer
+    from dar.model import build_model
+
+    cfg = get_preset("tiny-dar")
+    model = build_model(cfg)
+    adamw, muon = make_optimizer(model, TrainDAROptions(optimizer="muon"))
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    ids = {name: {id(p) for g in opt.param_groups for p in g["params"]} for name, opt in
+           (("adamw", adamw), ("muon", muon))}
+    names = {n: p for n, p in model.named_parameters()}
+    muon_names = {n for n, p in names.items() if id(p) in ids["muon"]}
+    assert muon_names == {f"layers.{i}.{m}.weight" for i in range(cfg.n_layer) for m in
+                          ("attention.wqkv", "attention.wo", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")}
+    assert not ids["adamw"] & ids["muon"] and ids["adamw"] | ids["muon"] == {id(p) for p in names.values()}
+    assert len(make_optimizer(model, TrainDAROptions())) == 1
+    with pytest.raises(ValueError, match="optimizer must be"):
+        make_optimizer(model, TrainDAROptions(optimizer="sgd"))
+
+
+def test_muon_training_steps_move_the_weights():
+    from dar.config import get_preset
+    from dar.demo.train_dar import TrainDAROptions, train_dar
+
+    cfg = get_preset("tiny-dar")
+    rng = np.random.default_rng(0)
+    grids = rng.integers(0, cfg.vocab_size, (8, cfg.grid_size, cfg.grid_size))
+    labels = rng.integers(0, cfg.num_classes, 8)
+    codebook = torch.nn.functional.normalize(torch.randn(cfg.vocab_size, cfg.codebook_dim), dim=-1)
+    runs = [train_dar(cfg, codebook, grids, labels, TrainDAROptions(steps=3, batch_size=4, warmup=1, optimizer=o),
+                      progress=False, log=lambda _: None) for o in ("adamw", "muon")]
+    assert all(np.isfinite(log["final_loss"]) for _, log in runs)
+    w = [model.layers[0].feed_forward.w1.weight for model, _ in runs]
+    assert not torch.equal(w[0], w[1])  # Muon's update differs from AdamW's
+    from dar.model import build_model
+
+    init = build_model(cfg, seed=0).layers[0].feed_forward.w1.weight
+    assert not torch.equal(w[1], init)
