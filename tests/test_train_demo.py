@@ -7,12 +7,15 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 import torch
 from safetensors.numpy import load_file
 
 from dar.checkpoint import load_checkpoint
+from dar.config import get_preset
 from dar.demo.train import QUICK, train_demo
-from dar.demo.train_dar import cpu_runs_bf16
+from dar.demo.train_dar import TrainDAROptions, cpu_runs_bf16, make_optimizer, train_dar
+from dar.model import build_model
 
 
 def test_quick_recipe_and_tokenizer_cache(tmp_path):
@@ -96,18 +99,23 @@ def test_TrainingForward_falls_back_to_eager_when_compilation_fails(monkeypatch)
     assert "\n" not in logs[0]
 
 
-def test_bf16_autocast_is_skipped_where_the_cpu_has_no_native_bf16(monkeypatch):
-    """Emulated bf16 made a step 10x slower than fp32 (AVX2 CPU), so without native kernels the DAR
-    trains in fp32: one log line, and exactly the weights of an fp32 run."""
-    from dar.config import get_preset
-    from dar.demo import train_dar as module
-
-    monkeypatch.setattr(module, "cpu_runs_bf16", lambda: False)
+def _tiny_tokens():
+    """tiny-dar's config, a random unit codebook and 8 random token grids with labels."""
     cfg = get_preset("tiny-dar")
     rng = np.random.default_rng(0)
     grids = rng.integers(0, cfg.vocab_size, (8, cfg.grid_size, cfg.grid_size))
     labels = rng.integers(0, cfg.num_classes, 8)
     codebook = torch.nn.functional.normalize(torch.randn(cfg.vocab_size, cfg.codebook_dim), dim=-1)
+    return cfg, codebook, grids, labels
+
+
+def test_bf16_autocast_is_skipped_where_the_cpu_has_no_native_bf16(monkeypatch):
+    """Emulated bf16 made a step 10x slower than fp32 (AVX2 CPU), so without native kernels the DAR
+    trains in fp32: one log line, and exactly the weights of an fp32 run."""
+    from dar.demo import train_dar as module
+
+    monkeypatch.setattr(module, "cpu_runs_bf16", lambda: False)
+    cfg, codebook, grids, labels = _tiny_tokens()
     runs = {}
     for bf16 in (True, False):
         logs: list[str] = []
@@ -122,12 +130,6 @@ def test_bf16_autocast_is_skipped_where_the_cpu_has_no_native_bf16(monkeypatch):
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     """Muon orthogonalises 2D updates, which suits hidden matrices only; embeddings, the head, AdaLN
     and the gains stay with AdamW, and every parameter is in exactly one optimizer."""
-    import pytest
-
-    from dar.config import get_preset
-    from dar.demo.train_dar import TrainDAROptions, make_optimizer
-    from dar.model import build_model
-
     cfg = get_preset("tiny-dar")
     model = build_model(cfg)
     adamw, muon = make_optimizer(model, TrainDAROptions(optimizer="muon"))
@@ -145,20 +147,11 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
 
 
 def test_muon_training_steps_move_the_weights():
-    from dar.config import get_preset
-    from dar.demo.train_dar import TrainDAROptions, train_dar
-
-    cfg = get_preset("tiny-dar")
-    rng = np.random.default_rng(0)
-    grids = rng.integers(0, cfg.vocab_size, (8, cfg.grid_size, cfg.grid_size))
-    labels = rng.integers(0, cfg.num_classes, 8)
-    codebook = torch.nn.functional.normalize(torch.randn(cfg.vocab_size, cfg.codebook_dim), dim=-1)
+    cfg, codebook, grids, labels = _tiny_tokens()
     runs = [train_dar(cfg, codebook, grids, labels, TrainDAROptions(steps=3, batch_size=4, warmup=1, optimizer=o),
                       progress=False, log=lambda _: None) for o in ("adamw", "muon")]
     assert all(np.isfinite(log["final_loss"]) for _, log in runs)
     w = [model.layers[0].feed_forward.w1.weight for model, _ in runs]
     assert not torch.equal(w[0], w[1])  # Muon's update differs from AdamW's
-    from dar.model import build_model
-
     init = build_model(cfg, seed=0).layers[0].feed_forward.w1.weight
     assert not torch.equal(w[1], init)
