@@ -245,8 +245,8 @@ class Transformer(nn.Module):
             # A one-hot matmul, not an index: its backward is a matmul instead of a scatter-add. One per
             # layer chunk of the [B, 9, M] table: gathering the whole table first made one [B, N, M]
             # tensor (M = 38 d, 240 MB at the demo's batch of 32) whose backward concat cost more than
-            # the per-layer matmuls: a compiled demo step took 1.19x less time per layer chunk (1.55 s
-            # against 1.84 s, medians of 4 alternating pairs in one run; 2-core AVX2 CPU, fp32).
+            # the per-layer matmuls. Per chunk, a compiled demo step is 1.19x faster (1.55 s against
+            # 1.84 s, medians of 4 alternating pairs in one run; 2-core AVX2 CPU, fp32).
             onehot = F.one_hot(direction[:n], NUM_DIRECTIONS).to(h.dtype)
             mods = [torch.einsum("sk,bkm->bsm", onehot, chunk)
                     for chunk in self._split_modulation(self.modulation_table(class_ids))]

@@ -129,7 +129,7 @@ def make_optimizer(model: Transformer, opts: TrainDAROptions) -> list[torch.opti
     if hidden:
         muon = torch.optim.Muon if cpu_runs_bf16() else Fp32Muon
         optimizers.append(muon(hidden, lr=opts.lr, weight_decay=opts.weight_decay,
-                                           adjust_lr_fn="match_rms_adamw"))
+                               adjust_lr_fn="match_rms_adamw"))
     return optimizers
 
 
