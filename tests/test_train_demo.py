@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 
 from dar.checkpoint import load_checkpoint
 from dar.config import get_preset
-from dar.demo.train import QUICK, train_demo
+from dar.demo.train import QUICK, dar_config, train_demo
 from dar.demo.train_dar import TrainDAROptions, cpu_runs_bf16, make_optimizer, train_dar
 from dar.model import build_model
 
@@ -43,9 +43,23 @@ def test_quick_recipe_and_tokenizer_cache(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
     logs.clear()
-    other = dataclasses.replace(QUICK, train_images=QUICK.train_images + 10)
+    other = dataclasses.replace(QUICK, train_images=QUICK.train_images + 10, dar_layers=2, dar_width=64)
     train_demo(tmp_path / "c", other, progress=False, log=logs.append, cache_dir=cache, reuse_classifier=True)
     assert not any("reusing" in line for line in logs) and len(list(cache.iterdir())) == 2
+    small = load_checkpoint(tmp_path / "c").config  # the recipe's DAR size reaches the package
+    assert (small.n_layer, small.d_model, small.n_head, small.head_dim) == (2, 64, 1, 64)
+
+
+@pytest.mark.parametrize("layers, width", [(0, 128), (6, 100), (6, 32)])
+def test_dar_config_rejects_sizes_without_heads_of_64(layers, width):
+    with pytest.raises(ValueError, match="DAR size"):
+        dar_config(dataclasses.replace(QUICK, dar_layers=layers, dar_width=width))
+
+
+def test_dar_config_defaults_to_the_shipped_preset():
+    cfg, preset = dar_config(QUICK), get_preset("DAR-demo")
+    assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.ffn_hidden) == (
+        preset.n_layer, preset.d_model, preset.n_head, preset.ffn_hidden)
 
 
 def _tiny_forward_inputs():
