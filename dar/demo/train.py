@@ -66,8 +66,9 @@ def dar_config(recipe: DemoRecipe) -> ModelConfig:
     if recipe.dar_layers < 1 or recipe.dar_width < 64 or recipe.dar_width % 64:
         raise ValueError(f"DAR size must be >= 1 layer and a width that is a multiple of 64, "
                          f"got {recipe.dar_layers} x {recipe.dar_width}")
-    return dataclasses.replace(get_preset("DAR-demo"), n_layer=recipe.dar_layers, d_model=recipe.dar_width,
-                               n_head=recipe.dar_width // 64)
+    preset = get_preset("DAR-demo")
+    return dataclasses.replace(preset, n_layer=recipe.dar_layers, d_model=recipe.dar_width,
+                               n_head=recipe.dar_width // 64, head_dim=64, ffn_hidden=preset.ffn_hidden)
 
 
 @torch.no_grad()
