@@ -41,8 +41,8 @@ batches, INT4 AWQ for memory-bound small-batch decoding):
 - ``int4-awq`` → ``int4-awq``: ModelOpt ``quantize_mode='int4'``, ``calibration_method='awq_clip'``
   (its default: per-block clipping ratios searched on the traced activations), symmetric INT4 weights
   in blocks along K behind a blockwise DequantizeLinear; weight-only by nature, activations stay in
-  high precision. The block is ModelOpt's 128 unless that does not divide the GEMMs' K (the demo's
-  d_model is 192), then the largest of 64/32/16 that does; GEMMs whose K it does not divide (an
+  high precision. The block is ModelOpt's 128 unless that does not divide the GEMMs' K (a
+  d_model of 192, say), then the largest of 64/32/16 that does; GEMMs whose K it does not divide (an
   8-wide input) stay fp32, so every block is full. ModelOpt packs INT4 with a C++ extension built by
   ``cppimport`` (the ``nvidia-modelopt[onnx]`` extra); without it the child process makes ModelOpt
   take its own numpy packer (same bytes). On the CPU EP onnxruntime fuses the DQ+MatMul into

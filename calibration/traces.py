@@ -16,13 +16,14 @@ its inputs depend on nothing else (empty caches, a fixed position).
 
 **How many (the size trade-off).** The KV cache dominates a decode sample: rows × layers × 2 × H ×
 fill × D float32, with fill = write_index (the slots beyond are zeros and are not stored, see
-`traceset`). For the bundled demo (6 layers, H=6, D=32, T=256) a full cache is 2.25 MiB per row, so a
-stratified sample averages ≈ 2.25 MiB (2 rows, half full), plus the AdaLN table (0.5 MiB per image):
+`traceset`). For the bundled demo (6 layers, H=2, D=64, T=256) a full cache is 1.5 MiB per row, so a
+stratified sample averages ≈ 1.5 MiB (2 rows, half full), plus the AdaLN table (0.33 MiB per image):
 
-    N = 32 → ≈ 90 MiB, 64 → ≈ 180 MiB, 128 → ≈ 360 MiB, 256 → ≈ 720 MiB
+    N = 32 → ≈ 59 MiB, 64 → ≈ 117 MiB, 128 → ≈ 235 MiB, 256 → ≈ 470 MiB
 
-against a 12 MB FP32 decode graph (measured: 64 samples → 177 MiB on disk). What the quantizer
-needs is one range per activation tensor, and on the trained demo the INT8 graph calibrated from
+(`size_table`; an earlier demo with 2.25 MiB per row measured 177 MiB on disk for 64 samples against
+180 estimated). What the quantizer needs is one range per activation tensor, and on an earlier
+trained demo the INT8 graph calibrated from
 an evenly spread 16, 32 or 64 of the same samples scored alike (teacher-forced guided top-1
 0.951 / 0.945 / 0.940, KL 0.010 / 0.012 / 0.012 with ``max``; 0.936 / 0.935 / 0.934 with
 ``entropy``: differences within the noise of 10 images). So N is set by *coverage*, not by range
