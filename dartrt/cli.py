@@ -230,7 +230,11 @@ def _eval_demo(source, n_per_class: int, seed: int, backend: str, write: bool) -
     click.echo(f"real held-out images: Fréchet distance {report['real_heldout_frechet_distance']:.3f}")
     for cfg, row in report["by_cfg"].items():
         click.echo(f"cfg {cfg:>4}: class accuracy {row['class_accuracy']:.3f}, Fréchet distance "
-                   f"{row['frechet_distance']:.3f} ({row['fd_ratio_to_real']:.2f}x real), {row['seconds']:.0f}s")
+                   f"{row['frechet_distance']:.3f} ({row['fd_ratio_to_real']:.2f}x real; shift of the means "
+                   f"{row['frechet_mean_term']:.3f}), {row['seconds']:.0f}s")
+        if row["per_class_fd_ratio"]:
+            click.echo("  Fréchet distance by class, x real: " + ", ".join(
+                f"{name} {ratio:.1f}" for name, ratio in row["per_class_fd_ratio"].items() if ratio is not None))
     if write:
         atomic_write(folder / "metrics.json", lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
         click.echo(f"wrote {folder / 'metrics.json'}")

@@ -10,7 +10,8 @@ import torch
 
 from dar.demo import shapes
 from dar.demo.classifier import ShapeClassifier, load_classifier, save_classifier, to_model_input, train_classifier
-from dar.demo.metrics import classifier_features, frechet_distance, quality_report
+from dar.demo.evaluate import per_class_fd_ratios
+from dar.demo.metrics import classifier_features, frechet_distance, frechet_terms, quality_report
 from dar.demo.shapes import CLASS_NAMES, NUM_CLASSES, make_batch, render
 
 # --- shapes ---------------------------------------------------------------------------------------------
@@ -110,6 +111,26 @@ def test_frechet_matches_closed_form_for_diagonal_gaussians() -> None:
     # For diagonal covariances sqrt(S_a S_b) = diag(sqrt(va vb)), so the trace term is sum (sqrt va - sqrt vb)^2.
     expected = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)
     assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    # The split: the means' shift and the spreads' difference, each in closed form.
+    mean_term, spread_term = frechet_terms(a, b)
+    assert mean_term == pytest.approx(np.sum((mu_a - mu_b) ** 2), rel=1e-9)
+    assert spread_term == pytest.approx(np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2), rel=1e-9)
+
+
+def test_per_class_fd_ratios_locate_the_class_that_differs() -> None:
+    """Generated = real gives 1.0 for every class; moving one class's features shows up in that class
+    only."""
+    rng = np.random.default_rng(4)
+    n_ref, n = 40 * NUM_CLASSES, 20 * NUM_CLASSES
+    reference, reference_labels = rng.standard_normal((n_ref, 6)), np.arange(n_ref) % NUM_CLASSES
+    real, real_labels = rng.standard_normal((n, 6)), np.arange(n) % NUM_CLASSES
+    same = per_class_fd_ratios(real, real_labels, real, real_labels, reference, reference_labels)
+    assert list(same) == list(CLASS_NAMES) and all(r == pytest.approx(1.0) for r in same.values())
+    moved = real.copy()
+    moved[real_labels == 3] += 2.0
+    ratios = per_class_fd_ratios(moved, real_labels, real, real_labels, reference, reference_labels)
+    assert ratios[CLASS_NAMES[3]] > 5.0
+    assert all(r == pytest.approx(1.0) for name, r in ratios.items() if name != CLASS_NAMES[3])
 
 
 def test_frechet_rejects_bad_shapes() -> None:

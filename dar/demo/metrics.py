@@ -28,13 +28,14 @@ def _sqrt_psd(m: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [N, F]:
+def frechet_terms(feats_a: np.ndarray, feats_b: np.ndarray) -> tuple[float, float]:
+    """The Fréchet distance's two parts between Gaussians fitted to feature sets [N, F]: the shift of the
+    means |mu_a - mu_b|^2, and the difference of spreads tr(S_a) + tr(S_b) - 2 tr(sqrt(S_a S_b)).
 
-        |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrt(S_a S_b)),
-
-    with tr(sqrt(S_a S_b)) = sum of sqrt(eigenvalues of sqrt(S_a) S_b sqrt(S_a)), a symmetric PSD matrix
-    similar to S_a S_b, so eigh applies."""
+    Why both: a generator that draws one variant of a class consistently wrong (three dots instead of two)
+    moves the mean, while one that draws the right things with too little or too much variety shows in
+    the spread term; the split says which to look for. tr(sqrt(S_a S_b)) is the sum of sqrt(eigenvalues
+    of sqrt(S_a) S_b sqrt(S_a)), a symmetric PSD matrix similar to S_a S_b, so eigh applies."""
     mu_a, s_a = _gaussian(feats_a)
     mu_b, s_b = _gaussian(feats_b)
     if mu_a.shape != mu_b.shape:
@@ -44,8 +45,16 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     eig = np.linalg.eigvalsh((m + m.T) / 2)
     tr_sqrt = float(np.sqrt(np.clip(eig, 0, None)).sum())
     diff = mu_a - mu_b
-    value = float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * tr_sqrt)
-    return max(value, 0.0)
+    return float(diff @ diff), float(np.trace(s_a) + np.trace(s_b) - 2.0 * tr_sqrt)
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets [N, F]:
+
+        |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr(sqrt(S_a S_b))
+
+    (the sum of `frechet_terms`, clipped at zero against round-off)."""
+    return max(sum(frechet_terms(feats_a, feats_b)), 0.0)
 
 
 @torch.no_grad()
