@@ -189,14 +189,22 @@ def export_cmd(source, out, opset, force):
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
               help="Keep the trained VQ and its token grids here and reuse them when the recipe matches "
                    "(retraining only the DAR then skips the tokenizer).")
+@click.option("--budget-minutes", type=float, default=None,
+              help="Wall-clock budget for the whole run, e.g. 45; the DAR trains until it is spent (its LR schedule "
+                   "follows the clock). 0: no clock, the recipe's step counts. Default: the recipe's.")
 @one_line_errors
-def train_demo_cmd(out, quick, run_eval, threads, reuse_classifier, cache_dir):
+def train_demo_cmd(out, quick, run_eval, threads, reuse_classifier, cache_dir, budget_minutes):
     """Retrain the bundled demo (classifier, VQ tokenizer, DAR) from scratch, seeded, on the CPU."""
     import dataclasses
+    import math
 
     from dar.demo.train import QUICK, DemoRecipe, train_demo
 
     recipe = dataclasses.replace(QUICK if quick else DemoRecipe(), threads=threads)
+    if budget_minutes is not None:
+        if not math.isfinite(budget_minutes) or budget_minutes < 0:
+            raise DartrtError(f"--budget-minutes must be a finite number >= 0, got {budget_minutes}")
+        recipe = dataclasses.replace(recipe, budget_minutes=budget_minutes or None)
     report = train_demo(out, recipe, log=click.echo, reuse_classifier=reuse_classifier, cache_dir=cache_dir)
     click.echo(f"trained in {report['timings_seconds']['total']:.0f}s: {report['timings_seconds']}")
     if run_eval:

@@ -100,6 +100,14 @@ def test_bad_settings_get_one_line(args, needle, tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+@pytest.mark.parametrize("minutes", ["-1", "nan", "inf"])
+def test_train_demo_refuses_a_bad_budget_before_training(minutes, tmp_path):
+    result = run("train-demo", "--quick", "--budget-minutes", minutes, "-o", tmp_path / "demo")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "--budget-minutes must be" in lines[0], result.output
+    assert not (tmp_path / "demo").exists()
+
+
 def test_bad_files_get_one_line(bad_files, tmp_path):
     cases = [
         (["generate", bad_files / "garbage"], "cannot parse"),

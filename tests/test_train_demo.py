@@ -14,9 +14,10 @@ from safetensors.numpy import load_file
 
 from dar.checkpoint import load_checkpoint
 from dar.config import get_preset
-from dar.demo.train import QUICK, dar_config, train_demo
+from dar.demo.train import QUICK, SAVE_RESERVE_S, dar_config, train_demo
 from dar.demo.train_dar import TrainDAROptions, cpu_runs_bf16, make_optimizer, train_dar
 from dar.model import build_model
+from runtime.errors import DartrtError
 
 
 def test_quick_recipe_and_tokenizer_cache(tmp_path):
@@ -43,9 +44,15 @@ def test_quick_recipe_and_tokenizer_cache(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
     logs.clear()
-    other = dataclasses.replace(QUICK, train_images=QUICK.train_images + 10, dar_layers=2, dar_width=64)
-    train_demo(tmp_path / "c", other, progress=False, log=logs.append, cache_dir=cache, reuse_classifier=True)
+    other = dataclasses.replace(QUICK, train_images=QUICK.train_images + 10, dar_layers=2, dar_width=64,
+                                budget_minutes=5.0)
+    report = train_demo(tmp_path / "c", other, progress=False, log=logs.append, cache_dir=cache,
+                        reuse_classifier=True)
     assert not any("reusing" in line for line in logs) and len(list(cache.iterdir())) == 2
+    # The DAR got what the earlier stages left of the 5 minutes (it needed only its 10 steps).
+    spent = sum(v for k, v in report["timings_seconds"].items() if k not in ("dar", "total"))
+    assert report["dar"][0]["time_budget_s"] == pytest.approx(300 - spent - SAVE_RESERVE_S, abs=0.2)
+    assert report["dar"][0]["stopped_by"] == "steps" and report["dar"][0]["steps"] == 10
     small = load_checkpoint(tmp_path / "c").config  # the recipe's DAR size reaches the package
     assert (small.n_layer, small.d_model, small.n_head, small.head_dim) == (2, 64, 1, 64)
 
@@ -202,3 +209,48 @@ def test_fp32_muon_runs_newton_schulz_in_fp32_where_the_cpu_has_no_native_bf16(m
     assert not torch.equal(steps[False], steps[True])
     relative = float((steps[False] - steps[True]).norm() / steps[False].norm())
     assert relative < 0.03, relative
+
+
+def test_schedule_anneals_on_the_further_of_steps_and_time():
+    from dar.demo.train_dar import schedule
+
+    by_time = TrainDAROptions(steps=100, lr=1.0, warmup=1, time_budget_s=10.0)
+    assert schedule(0, 0.0, by_time) == pytest.approx(1.0)
+    assert schedule(50, 0.0, by_time) == pytest.approx(0.5)  # steps ahead: half-way down the cosine
+    assert schedule(10, 5.0, by_time) == pytest.approx(0.5)  # time ahead: the same
+    assert schedule(10, 20.0, by_time) == pytest.approx(0.0)  # past the budget: zero, not a rising cosine
+    by_steps = TrainDAROptions(steps=100, lr=1.0, warmup=1)
+    assert schedule(10, 1e9, by_steps) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
+    assert schedule(0, 0.0, TrainDAROptions(steps=100, lr=1.0, warmup=4)) == pytest.approx(0.25)
+
+
+def test_time_budget_stops_the_dar_before_it_runs_out():
+    cfg, codebook, grids, labels = _tiny_tokens()
+    logs: list[str] = []
+    opts = TrainDAROptions(steps=10**6, batch_size=4, warmup=1, time_budget_s=1.0)
+    model, log = train_dar(cfg, codebook, grids, labels, opts, progress=False, log=logs.append)
+    assert log["stopped_by"] == "time budget" and 1 <= log["steps"] < opts.steps
+    assert log["sequences_seen"] == 4 * log["steps"] and np.isfinite(log["final_loss"])
+    assert log["train_seconds"] <= 1.5  # stops when the next step would overrun (one slow step of slack)
+    assert any("time budget of 1 s reached" in line for line in logs)
+
+
+def test_demo_budget_goes_to_the_last_dar_phase():
+    from dar.demo.train import _fill_budget
+
+    phase = TrainDAROptions(steps=5000)
+    assert _fill_budget(phase, 1000.0, lambda _: None).time_budget_s == pytest.approx(1000.0 - SAVE_RESERVE_S)
+    capped = dataclasses.replace(phase, time_budget_s=300.0)
+    assert _fill_budget(capped, 1000.0, lambda _: None).time_budget_s == 300.0
+    with pytest.raises(DartrtError, match="under a minute"):
+        _fill_budget(phase, 30.0, lambda _: None)
+
+
+def test_recipe_round_trips_through_its_json_log():
+    from dar.demo.train import DemoRecipe, recipe_from_dict
+
+    for recipe in (DemoRecipe(), QUICK):
+        assert recipe_from_dict(json.loads(json.dumps(dataclasses.asdict(recipe)))) == recipe
+    old_log = json.loads(json.dumps(dataclasses.asdict(QUICK)))
+    del old_log["budget_minutes"], old_log["dar"][0]["time_budget_s"]  # a log from before the budget
+    assert recipe_from_dict(old_log) == QUICK  # the new fields' defaults are the old behaviour

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from runtime.errors import DartrtError
+
 from ..checkpoint import atomic_write, save_checkpoint
 from ..config import ModelConfig, get_preset
 from ..vq import VQ_PRESETS, VQModel, build_vq
@@ -41,7 +43,8 @@ class DemoRecipe:
     # One cosine phase (a tuple, so a recipe can add warm restarts) with Muon on the blocks' matrices.
     # 3,100 steps of 32 sequences filled the 45-minute budget on a 2-core AVX-512 EPYC (0.63 s per compiled
     # bf16 step; 41.7 minutes in all) and gave the shipped model: 92.8 % at CFG 1.5, Fréchet distance 6.4x
-    # real. 2,500 steps gave 89.2 % and 8.0x (README).
+    # real. 2,500 steps gave 89.2 % and 8.0x (README). The same machine type later ran the same step at
+    # 0.78 s: `budget_minutes` (or `train-demo --budget-minutes 45`) keeps any machine inside the budget.
     dar: tuple[TrainDAROptions, ...] = field(default_factory=lambda: (
         TrainDAROptions(steps=3100, batch_size=32, lr=2.5e-3, warmup=100, compile=True, optimizer="muon"),
     ))
@@ -51,6 +54,22 @@ class DemoRecipe:
     dar_layers: int = 6
     dar_width: int = 128
     threads: int = 2
+    # Minutes for everything: the classifier, the VQ and tokenising (their recorded times when reused from
+    # a cache) and the DAR, whose last phase then trains until the rest is spent, its step count a cap
+    # (`train_dar.schedule`). None: the DAR runs its steps, and a rerun on the same machine type gives the
+    # same bits. The shipped model was trained that way; a budgeted run of 45 minutes on a slower spell of
+    # the same machine did 2,721 steps and measured 90.4 % at CFG 1.5 (README).
+    budget_minutes: float | None = None
+
+
+def recipe_from_dict(fields: dict) -> DemoRecipe:
+    """The recipe a ``train_log.json`` records; fields added since it was written take today's defaults."""
+    fields = dict(fields)
+    fields["dar"] = tuple(TrainDAROptions(**phase) for phase in fields.get("dar", ()))
+    return DemoRecipe(**fields)
+
+
+SAVE_RESERVE_S = 10.0  # kept back from the DAR's share of the budget for writing the checkpoint
 
 
 QUICK = DemoRecipe(classifier_steps=20, vq_steps=20, train_images=256,
@@ -103,6 +122,18 @@ def _save_tokenizer_cache(folder: Path, vq_model: VQModel, info: dict, grids: np
     atomic_write(folder / "vq_full.safetensors", lambda p: save_file(state, p))
     atomic_write(folder / "tokens.npz", lambda p: np.savez(open(p, "wb"), grids=grids, labels=labels))
     atomic_write(folder / "done.json", lambda p: Path(p).write_text(json.dumps(info) + "\n"))
+
+
+def _fill_budget(phase: TrainDAROptions, left_s: float, log) -> TrainDAROptions:
+    """The last DAR phase gets what is left of the recipe's budget (less a reserve for saving), capped by
+    its own time budget if it has one."""
+    left_s -= SAVE_RESERVE_S
+    if left_s < 60:
+        raise DartrtError(f"the demo budget leaves {max(left_s, 0):.0f} s for the DAR (under a minute): "
+                         f"raise DemoRecipe.budget_minutes or shorten the earlier stages")
+    budget = min(left_s, phase.time_budget_s) if phase.time_budget_s else left_s
+    log(f"DAR: {budget:.0f} s of the budget left (at most {phase.steps} steps)")
+    return dataclasses.replace(phase, time_budget_s=round(budget, 1))
 
 
 def train_demo(out: str | Path, recipe: DemoRecipe | None = None, progress: bool = True, log=print,
@@ -159,7 +190,10 @@ def train_demo(out: str | Path, recipe: DemoRecipe | None = None, progress: bool
     decoder = vq_model.decode_path()
     codebook = decoder.quantize.embedding.weight.detach().clone()
     model, dar_log = None, []
-    for phase in recipe.dar:
+    for i, phase in enumerate(recipe.dar):
+        if recipe.budget_minutes is not None and i == len(recipe.dar) - 1:
+            phase = _fill_budget(phase, recipe.budget_minutes * 60 - sum(timings.values())
+                                 - sum(p["train_seconds"] for p in dar_log), log)
         model, log_phase = train_dar(cfg, codebook, grids, labels, phase, progress=progress, model=model,
                                      log=log)
         dar_log.append(log_phase)
