@@ -40,7 +40,7 @@ def schedule(step: int, elapsed_s: float, opts: TrainDAROptions) -> float:
     elapsed / budget is further along.
 
     Why time: the demo's budget is 45 minutes in all, and the 2-core machines it trains on differ (AVX2
-    against AVX-512) and drift (the same 6 x 128 step measured 0.57 to 0.85 s in one session on one
+    against AVX-512) and drift (the same 6 x 128 step measured 0.57 to 0.87 s in one session on one
     machine). A fixed step count overruns on a slow machine and leaves time unused on a fast one; a
     schedule on the budget's fraction anneals to zero as the time runs out, wherever it runs (budgeted
     training, Li et al., ICLR 2020). The price is that the step count, and so the bits of the model,
