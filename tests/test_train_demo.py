@@ -168,6 +168,20 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
         make_optimizer(model, TrainDAROptions(optimizer="sgd"))
 
 
+def test_muon_lr_scales_muon_along_the_shared_schedule():
+    from dar.demo.train_dar import set_learning_rates
+
+    model = build_model(get_preset("tiny-dar"))
+    opts = TrainDAROptions(optimizer="muon", lr=1e-3, muon_lr=4e-3)
+    adamw, muon = make_optimizer(model, opts)
+    assert muon.param_groups[0]["lr"] == pytest.approx(4e-3) and adamw.param_groups[0]["lr"] == pytest.approx(1e-3)
+    set_learning_rates([adamw, muon], 5e-4, opts)  # half-way down the schedule: both halve
+    assert [g["lr"] for g in adamw.param_groups] == pytest.approx([5e-4, 5e-4])
+    assert muon.param_groups[0]["lr"] == pytest.approx(2e-3)
+    set_learning_rates([adamw, muon], 5e-4, TrainDAROptions(optimizer="muon", lr=1e-3))  # None: one rate
+    assert muon.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
 def test_muon_training_steps_move_the_weights():
     cfg, codebook, grids, labels = _tiny_tokens()
     runs = [train_dar(cfg, codebook, grids, labels, TrainDAROptions(steps=3, batch_size=4, warmup=1, optimizer=o),
