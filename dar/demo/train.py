@@ -45,7 +45,8 @@ class DemoRecipe:
     # bf16 step; 41.7 minutes in all) and gave the shipped model: 92.8 % at CFG 1.5, Fréchet distance 6.4x
     # real. 2,500 steps gave 89.2 % and 8.0x (README). The same machine type later ran the same step at
     # 0.78 s: `budget_minutes` (or `train-demo --budget-minutes 45`) keeps any machine inside the budget.
-    # lr 5e-3 won a 900-step proxy but tied over the full 3,100 steps (loss 0.517 against 0.498, README).
+    # Higher rates won 900-step proxies but not the full 3,100 steps: 5e-3 tied (loss 0.517 against 0.498),
+    # Muon alone at 1e-2 lost (0.568; README).
     dar: tuple[TrainDAROptions, ...] = field(default_factory=lambda: (
         TrainDAROptions(steps=3100, batch_size=32, lr=2.5e-3, warmup=100, compile=True, optimizer="muon"),
     ))
