@@ -84,8 +84,8 @@ def host_read_bandwidth(nbytes: int = DEFAULT_BYTES, passes: int = 5, threads: i
 def cuda_copy_bandwidth(nbytes: int = DEFAULT_BYTES, passes: int = 10, device: str = "cuda") -> Bandwidth:
     """Best-of-``passes`` device-to-device copy of ``nbytes`` with torch; counts read + written bytes.
 
-    Unverified on hardware in this repository's CI (no GPU there): written against the documented
-    ``torch.cuda.Event(enable_timing=True)`` / ``elapsed_time`` (milliseconds) API.
+    Timed with ``torch.cuda.Event(enable_timing=True)`` / ``elapsed_time`` (milliseconds). CI has no GPU;
+    run on one H200 it gave 4.1-4.2 TB/s for 1 GiB, well past its 60 MiB L2 (README, "Measured").
     """
     import torch
 

@@ -123,19 +123,42 @@ def fmt_x2(value: float | None) -> str:
 
 def _accelerator_table(acc: dict) -> list[str]:
     bw = acc["bandwidth"]
-    lines = [f"{acc['device']} ({acc['name']}): torch eager vs CUDA graph, one decode step; "
-             f"HBM {bw['gbps']:.0f} GB/s (device copy, best of {bw['passes']})"]
+    l2 = f", L2 {fmt_bytes(acc['l2_bytes'])}" if acc.get("l2_bytes") else ""
     labels = acc["backends"]
-    lines.append(_row("", labels, "graph speed-up"))
+    lines = [f"{acc['device']} ({acc['name']}): {' vs '.join(labels)}, one decode step; HBM {bw['gbps']:.0f} GB/s "
+             f"(device copy, best of {bw['passes']}){l2}",
+             "each cell: median [p10–p90] per call, synchronised, and x the floor (bytes of the step / HBM bandwidth); "
+             "device: GPU time per replay, back-to-back replays between CUDA events"]
+    width = LABEL_W + 2
     for b in acc["batches"]:
-        cells = [f"{fmt_stats(b['timings']['step_graph'][lab])} {fmt_x(b['vs_floor'][lab])} floor" for lab in labels]
-        lines.append(_row(f"batch {b['batch']} ({b['rows']} rows)", cells, f"{b['cuda_graph_speedup']:.2f}x"))
-        lines.append(f"  floor {fmt_time(b['step_floor_s'])}; graph vs eager logits max-abs "
-                     f"{b['cuda_graph_check_max_abs']:.1e}")
+        where = ("" if not acc.get("l2_bytes") else
+                 ", fits in L2: the HBM floor is no bound" if b.get("fits_in_l2") else ", HBM-bound")
+        lines += ["", f"{b['dtype']}, batch {b['batch']} ({b['rows']} rows): floor {fmt_time(b['step_floor_s'])} "
+                      f"({fmt_bytes(b['step_bytes']['total'])}{where})"]
+        for lab in labels:
+            stats = b["timings"]["step"].get(lab)
+            if stats is None:
+                lines.append(f"  {lab:<{width}}not run: {b.get('compile_error') or 'n/a'}")
+                continue
+            dev = b["timings"]["device"].get(lab)
+            cells = [f"{fmt_stats(stats)} {fmt_x(b['vs_floor'][lab])}",
+                     f"device {fmt_time(dev['median_s'])} {fmt_x(b['device_vs_floor'][lab])}" if dev else "",
+                     f"{b['speedup_vs_eager'][lab]:.2f}x eager's speed" if lab != labels[0] else "",
+                     f"max-abs vs eager {b['max_abs_vs_eager'][lab]:.1e}" if lab in b["max_abs_vs_eager"] else ""]
+            lines.append(f"  {lab:<{width}}" + "".join(f"{c:<{w}}" for c, w in zip(cells, (38, 26, 22, 0))).rstrip())
+        if b.get("compile_s"):
+            lines.append(f"  (compiled in {b['compile_s']:.1f} s)")
     return lines
 
 
 def format_table(report: dict) -> str:
+    if report.get("bandwidth") is None:  # --gpu-only: the GPU section alone
+        m = report["machine"]
+        return "\n".join([f"dartrt bench --gpu-only: {report['model']} ({report['precision']}) against "
+                          f"{report['reference']['source']}; {report['settings']['repeats']} repeats interleaved, "
+                          "median [p10–p90]",
+                          f"load average {m['load_avg_before'][0]:.2f} before, on {m['usable_cpus']} CPUs", "",
+                          *_accelerator_table(report["accelerator"])])
     m, s, bw = report["machine"], report["settings"], report["bandwidth"]
     labels = report["backends"]
     before, after = bw["before"], bw["after"]

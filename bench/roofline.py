@@ -25,7 +25,7 @@ Writes (the new K/V slot, the logits) are not counted: the floor is a read bound
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import onnx
@@ -66,6 +66,9 @@ class Lookup:
             numel *= int(d)
         return min(math.ceil(numel * self.itemsize), self.table_bytes)
 
+    def scaled(self, factor: float) -> "Lookup":
+        return replace(self, itemsize=self.itemsize * factor, table_bytes=math.ceil(self.table_bytes * factor))
+
 
 @dataclass(frozen=True)
 class GraphReads:
@@ -77,6 +80,10 @@ class GraphReads:
     def lookup_bytes(self, rows: int, seq: int = 1) -> int:
         dims = {"batch": rows, "seq": seq}
         return sum(lk.bytes(dims) for lk in self.lookups)
+
+    def scaled(self, factor: float) -> "GraphReads":
+        """The same reads with every element ``factor`` times as large (an fp32 graph cast to 16 bits: 0.5)."""
+        return GraphReads(math.ceil(self.weight_bytes * factor), tuple(lk.scaled(factor) for lk in self.lookups))
 
 
 def _tensor_bytes(init: onnx.TensorProto) -> tuple[int, float] | None:
@@ -171,6 +178,15 @@ class Roofline:
         return cls(graph_reads(manifest.graph("prefill").path), graph_reads(decode.path), n_layer, heads,
                    head_dim, int(kv.get("max_len", manifest.info.seq_len)), manifest.info.seq_len,
                    DTYPE_ITEMSIZE[kv_dtype], mod_width if mod else 0, mod_itemsize)
+
+    def at_itemsize(self, itemsize: int) -> "Roofline":
+        """This fp32 package's byte model for a copy of the model cast to ``itemsize`` bytes per element
+        (the torch reference in bf16/fp16 on a GPU): weights, lookups, AdaLN rows and cache all scale."""
+        if self.kv_itemsize != 4:
+            raise DartrtError("only an fp32 package's byte model can be re-priced at another dtype")
+        f = itemsize / 4
+        return replace(self, prefill=self.prefill.scaled(f), decode=self.decode.scaled(f), kv_itemsize=itemsize,
+                       mod_itemsize=itemsize if self.mod_itemsize else 0)
 
     def kv_bytes(self, rows: int, length: int) -> int:
         """K and V of every layer for ``length`` cache slots of ``rows`` rows."""

@@ -40,6 +40,7 @@ from runtime.orders import direction_ids, make_order, positions_table
 from runtime.package import Package
 from runtime.scheduler import build_request, sample_tokens
 
+from . import gpu
 from .bandwidth import DEFAULT_BYTES, Bandwidth, cuda_copy_bandwidth, host_read_bandwidth
 from .precisions import FP32, FillTrace, open_precision, resolve_precisions, top1_agreement
 from .report import format_table, write_json_atomic
@@ -262,57 +263,6 @@ def bench_batch(sides: list[Side], roofline: Roofline, info, batch: int, cfg_sca
     return result
 
 
-# ---- the GPU section ----------------------------------------------------------------------------------
-def accelerator_section(ckpt, roofline: Roofline, info, batch_sizes, cfg: bool, repeats: int, warmup: int,
-                        write_index: int, *, device: str = "cuda", capture=None,
-                        bandwidth: Bandwidth | None = None, log: Log = lambda _: None) -> dict:
-    """torch eager vs torch + CUDA graph, one decode step per batch size, next to the HBM floor.
-
-    ``device``/``capture``/``bandwidth`` exist so the logic can run on the CPU with `eager_capture`;
-    on a GPU the defaults capture a real CUDA graph and measure HBM with a device copy.
-    """
-    import torch
-
-    from dar.backend import TorchBackend
-
-    from .cuda_graph import StaticDecodeStep, cuda_capture
-
-    capture = capture or cuda_capture
-    bw = bandwidth or cuda_copy_bandwidth(device=device)
-    backend = TorchBackend(copy.deepcopy(ckpt), device=device)
-    eager_label, graph_label = f"torch-{device}", f"torch-{device}-graph"
-    out = {"device": device, "name": bw.note or device, "bandwidth": bw.to_dict(),
-           "backends": [eager_label, graph_label], "batches": []}
-    for batch in batch_sizes:
-        log(f"{device}: batch {batch}: decode step, eager and CUDA graph")
-        inputs = Inputs(info, batch, cfg)
-        rows = len(inputs.rows)
-        _fill(backend, inputs, write_index)
-        step = StaticDecodeStep(backend.model, backend.caches, backend.modulation, rows,
-                                inputs.positions.shape[1], device)
-        step.set_inputs(*inputs.step_args(write_index))
-        want = step.eager().float().clone()
-        step.capture(capture)
-        got = step.replay().float()
-        check = float((got - want).abs().max())
-        timings = time_interleaved({eager_label: step.eager, graph_label: step.replay}, repeats, warmup,
-                                   burst_s=BURST_S)
-        step_bytes = roofline.decode_step(rows, write_index + 1)
-        floor = floor_seconds(step_bytes.total, bw.bytes_per_s)
-        out["batches"].append({
-            "batch": batch, "rows": rows, "write_index": write_index, "step_bytes": step_bytes.total,
-            "step_floor_s": floor, "timings": {"step_graph": _stats(timings)},
-            "vs_floor": {k: _ratio(v.median_s, floor) for k, v in timings.items()},
-            "cuda_graph_speedup": timings[eager_label].median_s / timings[graph_label].median_s,
-            "cuda_graph_check_max_abs": check,
-        })
-        del step
-    del backend
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return out
-
-
 # ---- the run ------------------------------------------------------------------------------------------
 def _check_args(batch_sizes, repeats: int, warmup: int, device: str, threads: int | None) -> tuple[int, ...]:
     sizes = tuple(batch_sizes)
@@ -333,15 +283,19 @@ def _check_args(batch_sizes, repeats: int, warmup: int, device: str, threads: in
 
 
 def _machine(threads: int) -> dict:
-    import onnxruntime
-
     from runtime.ort_backend import usable_cpus
 
-    versions = {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__}
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    with contextlib.suppress(ImportError):
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
     with contextlib.suppress(ImportError):
         import torch
 
         versions["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            versions["cuda"] = torch.version.cuda
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "usable_cpus": usable_cpus(), "threads": threads, "versions": versions}
 
@@ -366,11 +320,14 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
               source: str | None = None, device: str = "cpu", json_path: str | Path | None = None, *,
               warmup: int = 1, threads: int | None = None, use_torch: bool = True,
               accelerator: bool | None = None, bandwidth_bytes: int = DEFAULT_BYTES,
-              precisions: tuple[str, ...] = (), echo: Log | None = print, log: Log | None = None) -> dict:
+              precisions: tuple[str, ...] = (), gpu_only: bool = False, gpu_dtypes: tuple[str, ...] = ("float32",),
+              gpu_compile: bool = False, echo: Log | None = print, log: Log | None = None) -> dict:
     """Bench the package at ``pkg_dir``; returns the report (schema ``dartrt-bench/1``).
 
     ``device``: where the main comparison runs (onnxruntime's EP and torch). ``accelerator``: the
-    torch eager vs CUDA-graph section; None = when torch sees a CUDA GPU. ``precisions``: calibration
+    torch eager vs CUDA-graph section (`bench.gpu`, in each of ``gpu_dtypes``; ``gpu_compile`` adds the
+    torch.compile'd step); None = when torch sees a CUDA GPU. ``gpu_only``: that section alone, no
+    onnxruntime (a GPU machine without onnxruntime-gpu or TensorRT). ``precisions``: calibration
     variants (``int8-dynamic``, ...; ``all`` = every one that runs on ``device``) timed as further
     onnxruntime sides next to FP32 (see `bench.precisions`). ``json_path`` is written atomically;
     ``echo`` gets the table, ``log`` the progress lines.
@@ -388,6 +345,17 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
         raise DartrtError(f"{pkg_dir}: a {info.seq_len}-token model has no mid-sequence decode step to time")
     write_index = info.seq_len // 2
     cfg_scale = (info.default_cfg if info.default_cfg != 1.0 else 4.0) if cfg else None
+    if gpu_only:  # the GPU section alone: onnxruntime is never opened
+        _check_gpu_only(use_torch, precisions)
+        ckpt = reference_checkpoint(package.manifest, source)
+        with torch_threads(threads):
+            accel = gpu.accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index,
+                                            dtypes=tuple(gpu_dtypes), compile_backend=_compiler(gpu_compile), log=log)
+        report = _report(package, sizes, repeats, warmup, cfg, cfg_scale, "cuda", threads, True, started, t0,
+                         load_before)
+        report.update({"bandwidth": None, "backends": [], "variants": {}, "reference": {"source": ckpt.source},
+                       "batches": [], "accelerator": accel})
+        return _emit(report, json_path, echo)
     chosen = resolve_precisions(package.manifest, precisions, device, pkg_dir)
 
     ort = OrtBackend(manifest, providers=device, intra_op_threads=threads)
@@ -421,24 +389,16 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
         bw_after = _measure_bandwidth(device, bandwidth_bytes, threads)
         accel = None
         if use_torch and (accelerator if accelerator is not None else _cuda_available()):
-            accel = accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index, log=log)
+            accel = gpu.accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index,
+                                            dtypes=tuple(gpu_dtypes), compile_backend=_compiler(gpu_compile),
+                                            log=log)
     if reference is not None:
         worst = max((v for b in batches for k, v in b["parity"].items() if k.endswith("max_abs")), default=0.0)
         reference.update({"max_abs_logits": worst, "same_model": worst <= SAME_MODEL_ATOL})
-    load_after = os.getloadavg()
-    machine = _machine(threads)
-    # Judged on the load before the run: afterwards the 1-minute average includes the bench itself.
-    machine.update({"load_avg_before": list(load_before), "load_avg_after": list(load_after),
-                    "loaded": load_before[0] > LOADED_PER_CPU * machine["usable_cpus"]})
-    report = {
-        "schema": SCHEMA,
-        "package": str(Path(pkg_dir).resolve()), "model": info.name, "precision": manifest.precision,
-        "started": started.isoformat(timespec="seconds"), "seconds": time.perf_counter() - t0,
-        "machine": machine,
-        "settings": {"batch_sizes": list(sizes), "repeats": repeats, "warmup": warmup, "cfg": cfg,
-                     "cfg_scale": cfg_scale, "device": device, "threads": threads, "write_index": write_index,
-                     "interleaved": "round-robin over backends, warm-up included", "burst_s": BURST_S,
-                     "torch": use_torch, "precisions": [p.name for p in chosen]},
+    report = _report(package, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, started, t0,
+                     load_before)
+    report["settings"]["precisions"] = [p.name for p in chosen]
+    report.update({
         "bandwidth": {"before": bw_before.to_dict(), "after": bw_after.to_dict(),
                       "used_gbps": bw_before.gbps, "used_for": "the floors below (measured before the timings)"},
         "backends": [s.label for s in sides],
@@ -447,12 +407,52 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
         "reference": reference,
         "batches": batches,
         "accelerator": accel,
+    })
+    return _emit(report, json_path, echo)
+
+
+def _check_gpu_only(use_torch: bool, precisions) -> None:
+    if not use_torch:
+        raise DartrtError("--gpu-only times the torch reference on the GPU; it cannot go with --no-torch")
+    if precisions:
+        raise DartrtError("--precision times onnxruntime variants; it cannot go with --gpu-only")
+    if not _cuda_available():
+        raise DartrtError("--gpu-only needs a CUDA GPU that torch sees (torch.cuda.is_available() is False)")
+
+
+def _report(package: Package, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, started, t0,
+            load_before) -> dict:
+    """The report's frame: what was benched, where, with which settings, and how loaded the host was."""
+    load_after = os.getloadavg()
+    machine = _machine(threads)
+    # Judged on the load before the run: afterwards the 1-minute average includes the bench itself.
+    machine.update({"load_avg_before": list(load_before), "load_avg_after": list(load_after),
+                    "loaded": load_before[0] > LOADED_PER_CPU * machine["usable_cpus"]})
+    return {
+        "schema": SCHEMA,
+        "package": str(package.dir.resolve()), "model": package.info.name,
+        "precision": package.view.precision,
+        "started": started.isoformat(timespec="seconds"), "seconds": time.perf_counter() - t0,
+        "machine": machine,
+        "settings": {"batch_sizes": list(sizes), "repeats": repeats, "warmup": warmup, "cfg": cfg,
+                     "cfg_scale": cfg_scale, "device": device, "threads": threads,
+                     "write_index": package.info.seq_len // 2,
+                     "interleaved": "round-robin over backends, warm-up included", "burst_s": BURST_S,
+                     "torch": use_torch, "precisions": []},
     }
+
+
+def _emit(report: dict, json_path, echo: Log | None) -> dict:
     if json_path is not None:
         write_json_atomic(Path(json_path), report)
     if echo is not None:
         echo(format_table(report))
     return report
+
+
+def _compiler(gpu_compile: bool) -> str | None:
+    """The torch.compile backend of the GPU section's compiled contender (inductor: Triton kernels)."""
+    return "inductor" if gpu_compile else None
 
 
 def _cuda_available() -> bool:

@@ -308,8 +308,17 @@ def verify(package, backend, source, seeds, threads, json_path, precision):
               help="Also time this calibration variant (repeatable: int8-dynamic, int8-wo, int8-ort, int8; "
                    "'all' = every variant that runs on --device), interleaved with ORT fp32, which is always "
                    "timed. Default: fp32 only.")
+@click.option("--gpu-only", is_flag=True,
+              help="Only the GPU section: torch eager vs CUDA graph vs the HBM floor, no onnxruntime (for a GPU "
+                   "machine without onnxruntime-gpu or TensorRT).")
+@click.option("--gpu-dtype", "gpu_dtypes", type=click.Choice(["float32", "bfloat16", "float16"]), multiple=True,
+              help="Dtype of the torch reference in the GPU section (repeatable). Default: float32 and bfloat16.")
+@click.option("--gpu-compile", is_flag=True,
+              help="GPU section: also time the torch.compile'd decode step replayed from a CUDA graph (gpt-fast's "
+                   "recipe, the reference at its fastest); compiling takes tens of seconds per dtype and batch.")
 @one_line_errors
-def bench(package, batches, repeats, warmup, json_path, source, no_torch, no_cfg, device, threads, precisions):
+def bench(package, batches, repeats, warmup, json_path, source, no_torch, no_cfg, device, threads, precisions,
+          gpu_only, gpu_dtypes, gpu_compile):
     """Latency of PACKAGE: onnxruntime vs the torch reference, interleaved in one run, next to the
     memory-bandwidth floor measured in the same run (and torch eager vs CUDA graph on a GPU).
     With --precision, INT8 variants run in the same round-robin, priced by their own weight bytes."""
@@ -317,7 +326,8 @@ def bench(package, batches, repeats, warmup, json_path, source, no_torch, no_cfg
 
     run_bench(package, batch_sizes=batches or (1, 8), repeats=repeats, cfg=not no_cfg, source=source,
               device=device, json_path=json_path, warmup=warmup, threads=threads, use_torch=not no_torch,
-              precisions=precisions, echo=click.echo, log=lambda line: click.echo(f"bench: {line}", err=True))
+              precisions=precisions, gpu_only=gpu_only, gpu_dtypes=gpu_dtypes or ("float32", "bfloat16"),
+              gpu_compile=gpu_compile, echo=click.echo, log=lambda line: click.echo(f"bench: {line}", err=True))
     if json_path:
         click.echo(f"wrote {json_path}")
 

@@ -16,7 +16,9 @@ from click.testing import CliRunner  # noqa: E402
 import bench.suite as suite  # noqa: E402
 from bench.bandwidth import Bandwidth, host_read_bandwidth  # noqa: E402
 from bench.cuda_graph import StaticDecodeStep, cuda_capture, eager_capture  # noqa: E402
+from bench.gpu import accelerator_section  # noqa: E402
 from bench.precisions import resolve_precisions  # noqa: E402
+from bench.report import format_table  # noqa: E402
 from bench.roofline import Roofline  # noqa: E402
 from bench.timing import Stats, interleaved, time_interleaved  # noqa: E402
 from dar.checkpoint import random_checkpoint  # noqa: E402
@@ -292,14 +294,34 @@ def test_static_step_replays_new_inputs_from_its_buffers():
 
 
 def test_accelerator_section_logic_on_cpu(tiny_dar_package):
+    """Eager, graph and the torch.compile'd step (dynamo with its eager backend here: the same single-graph
+    trace as inductor, without the kernel compile) all give eager's logits and are timed."""
     manifest = Manifest.load(tiny_dar_package)
     fake_bw = Bandwidth(10.0, SMALL, 1e-3, 1, "fake", 1, "fake device")
-    acc = suite.accelerator_section(random_checkpoint("tiny-dar"), Roofline.from_manifest(manifest), manifest.info,
-                                    (1,), True, 1, 0, 8, device="cpu", capture=eager_capture, bandwidth=fake_bw)
-    assert acc["backends"] == ["torch-cpu", "torch-cpu-graph"]
+    acc = accelerator_section(random_checkpoint("tiny-dar"), Roofline.from_manifest(manifest), manifest.info,
+                              (1,), True, 1, 0, 8, compile_backend="eager", device="cpu", capture=eager_capture,
+                              bandwidth=fake_bw)
+    assert acc["backends"] == ["torch-cpu", "torch-cpu-graph", "torch-cpu-compiled-graph"]
     b = acc["batches"][0]
-    assert b["rows"] == 2 and b["cuda_graph_check_max_abs"] == 0.0
-    assert set(b["timings"]["step_graph"]) == set(acc["backends"]) and b["step_floor_s"] > 0
+    assert b["rows"] == 2 and b["step_floor_s"] > 0 and b["compile_error"] is None and b["compile_s"] > 0
+    assert b["max_abs_vs_eager"] == {"torch-cpu-graph": 0.0, "torch-cpu-compiled-graph": 0.0}
+    assert set(b["timings"]["step"]) == set(acc["backends"]) and b["timings"]["device"] == {}  # no CUDA events
+    assert b["speedup_vs_eager"]["torch-cpu"] == 1.0
+
+
+def test_a_failed_compile_is_reported_and_the_rest_still_runs(tiny_dar_package):
+    manifest = Manifest.load(tiny_dar_package)
+    fake_bw = Bandwidth(10.0, SMALL, 1e-3, 1, "fake", 1, "fake device")
+    acc = accelerator_section(random_checkpoint("tiny-dar"), Roofline.from_manifest(manifest), manifest.info,
+                              (1,), True, 1, 0, 8, compile_backend="no-such-backend", device="cpu",
+                              capture=eager_capture, bandwidth=fake_bw)
+    b = acc["batches"][0]
+    assert "no-such-backend" in b["compile_error"] and b["compile_s"] is None
+    assert set(b["timings"]["step"]) == {"torch-cpu", "torch-cpu-graph"}
+    report = {"accelerator": acc, "bandwidth": None, "model": "tiny", "precision": "fp32",
+              "reference": {"source": "preset tiny-dar"}, "settings": {"repeats": 1},
+              "machine": {"load_avg_before": [0.0], "usable_cpus": 2}}
+    assert "torch-cpu-compiled-graph" in format_table(report) and "not run: " in format_table(report)
 
 
 def test_cuda_capture_follows_the_documented_recipe(monkeypatch):
@@ -368,3 +390,69 @@ def test_bench_without_torch_installed(tiny_dar_package):
     proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(tiny_dar_package)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_accelerator_section_prices_bf16_at_half_the_bytes(tiny_dar_package):
+    manifest = Manifest.load(tiny_dar_package)
+    roof = Roofline.from_manifest(manifest)
+    fake_bw = Bandwidth(10.0, SMALL, 1e-3, 1, "fake", 1, "fake device")
+    acc = accelerator_section(random_checkpoint("tiny-dar"), roof, manifest.info, (1,), True, 1, 0, 8,
+                              dtypes=("float32", "bfloat16"), device="cpu", capture=eager_capture, bandwidth=fake_bw)
+    f32, b16 = acc["batches"]
+    assert (f32["dtype"], b16["dtype"]) == ("float32", "bfloat16")
+    assert b16["max_abs_vs_eager"] == {"torch-cpu-graph": 0.0}  # the replayed bf16 step is the eager one
+    assert b16["step_bytes"]["weights"] == pytest.approx(f32["step_bytes"]["weights"] / 2, abs=1)
+    assert b16["step_bytes"]["kv"] == f32["step_bytes"]["kv"] // 2
+    assert b16["step_floor_s"] < f32["step_floor_s"] and not b16["fits_in_l2"]  # no L2 figure on the CPU
+    with pytest.raises(DartrtError, match="GPU dtypes"):
+        accelerator_section(random_checkpoint("tiny-dar"), roof, manifest.info, (1,), True, 1, 0, 8,
+                            dtypes=("int8",), device="cpu", capture=eager_capture, bandwidth=fake_bw)
+
+
+def test_roofline_reprices_only_an_fp32_package(tiny_dar_package):
+    roof = Roofline.from_manifest(Manifest.load(tiny_dar_package))
+    half = roof.at_itemsize(2)
+    assert half.decode.weight_bytes == pytest.approx(roof.decode.weight_bytes / 2, abs=1)
+    assert half.decode_step(2, 9).total < roof.decode_step(2, 9).total
+    with pytest.raises(DartrtError, match="fp32 package"):
+        half.at_itemsize(1)
+
+
+def test_gpu_only_runs_the_gpu_section_alone(tiny_dar_package, tmp_path, monkeypatch):
+    """--gpu-only never opens onnxruntime; its report and table hold the GPU section alone (here with the
+    CUDA parts stood in for by the CPU, as in the tests above)."""
+    import functools
+
+    import bench.gpu as gpu
+
+    fake_bw = Bandwidth(10.0, SMALL, 1e-3, 1, "fake", 1, "fake device")
+    monkeypatch.setattr(suite, "_cuda_available", lambda: True)
+    monkeypatch.setattr(gpu, "accelerator_section", functools.partial(
+        accelerator_section, device="cpu", capture=eager_capture, bandwidth=fake_bw))
+
+    def no_ort(*_a, **_k):
+        raise AssertionError("--gpu-only opened onnxruntime")
+
+    monkeypatch.setattr("runtime.ort_backend.OrtBackend", no_ort)
+    out = tmp_path / "gpu.json"
+    lines: list[str] = []
+    report = suite.run_bench(tiny_dar_package, batch_sizes=(1,), repeats=1, gpu_only=True,
+                             gpu_dtypes=("float32", "bfloat16"), json_path=out, echo=lines.append)
+    data = json.loads(out.read_text())
+    assert data["batches"] == [] and data["bandwidth"] is None
+    assert [b["dtype"] for b in data["accelerator"]["batches"]] == ["float32", "bfloat16"]
+    assert report["reference"]["source"].startswith("preset tiny-dar")
+    table = lines[0]
+    assert "--gpu-only" in table and "float32, batch 1 (2 rows)" in table and "bfloat16, batch 1" in table
+
+
+def test_gpu_only_refuses_without_a_gpu_or_with_onnxruntime_options(tiny_dar_package, monkeypatch):
+    from dartrt.cli import main
+
+    monkeypatch.setattr(suite, "_cuda_available", lambda: False)
+    r = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--gpu-only"])
+    assert r.exit_code != 0 and "needs a CUDA GPU" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--gpu-only", "--no-torch"])
+    assert r.exit_code != 0 and "--no-torch" in r.output
+    r = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--gpu-only", "--precision", "all"])
+    assert r.exit_code != 0 and "--precision" in r.output
