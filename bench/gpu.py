@@ -62,6 +62,16 @@ def l2_bytes(device: str) -> int:
     return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0))
 
 
+def check_dtypes(roofline: Roofline, dtypes) -> None:
+    """Refuse what the section cannot price, before any timing runs (run_bench calls it up front)."""
+    unknown = [d for d in dtypes if d not in DTYPES]
+    if unknown or not dtypes:
+        raise DartrtError(f"GPU dtypes must be among {', '.join(DTYPES)}, got {', '.join(unknown) or 'none'}")
+    if roofline.kv_itemsize != 4 and any(DTYPES[d] != roofline.kv_itemsize for d in dtypes):
+        raise DartrtError("the GPU section prices other dtypes from an fp32 package only; bench the fp32 package "
+                          "or pass --gpu-dtype matching its precision")
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if 0 < b < float("inf") else float("nan")
 
@@ -82,11 +92,7 @@ def accelerator_section(ckpt, roofline: Roofline, info, batch_sizes, cfg: bool, 
 
     from .cuda_graph import cuda_capture
 
-    unknown = [d for d in dtypes if d not in DTYPES]
-    if unknown or not dtypes:
-        raise DartrtError(f"GPU dtypes must be among {', '.join(DTYPES)}, got {', '.join(unknown) or 'none'}")
-    if roofline.kv_itemsize != 4 and any(DTYPES[d] != roofline.kv_itemsize for d in dtypes):
-        raise DartrtError("the GPU section prices other dtypes from an fp32 package only; bench the fp32 package")
+    check_dtypes(roofline, dtypes)
     capture = capture or cuda_capture
     bw = bandwidth or cuda_copy_bandwidth(device=device)
     l2 = l2_bytes(device)

@@ -345,6 +345,9 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
         raise DartrtError(f"{pkg_dir}: a {info.seq_len}-token model has no mid-sequence decode step to time")
     write_index = info.seq_len // 2
     cfg_scale = (info.default_cfg if info.default_cfg != 1.0 else 4.0) if cfg else None
+    run_gpu = gpu_only or (use_torch and (accelerator if accelerator is not None else _cuda_available()))
+    if run_gpu:
+        gpu.check_dtypes(roofline, gpu_dtypes)
     if gpu_only:  # the GPU section alone: onnxruntime is never opened
         _check_gpu_only(use_torch, precisions)
         ckpt = reference_checkpoint(package.manifest, source)
@@ -388,7 +391,7 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
                                bw_before.bytes_per_s, log, rooflines) for b in sizes]
         bw_after = _measure_bandwidth(device, bandwidth_bytes, threads)
         accel = None
-        if use_torch and (accelerator if accelerator is not None else _cuda_available()):
+        if run_gpu:
             accel = gpu.accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index,
                                             dtypes=tuple(gpu_dtypes), compile_backend=_compiler(gpu_compile),
                                             log=log)

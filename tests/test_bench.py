@@ -416,6 +416,21 @@ def test_roofline_reprices_only_an_fp32_package(tiny_dar_package):
     assert half.decode_step(2, 9).total < roof.decode_step(2, 9).total
     with pytest.raises(DartrtError, match="fp32 package"):
         half.at_itemsize(1)
+    from bench.gpu import check_dtypes
+
+    check_dtypes(half, ("float16",))  # a 16-bit package at its own size is priced as it is
+    with pytest.raises(DartrtError, match="fp32 package"):
+        check_dtypes(half, ("float32",))
+
+
+def test_gpu_dtypes_are_refused_before_any_timing(tiny_dar_package, monkeypatch):
+    def no_ort(*_a, **_k):
+        raise AssertionError("the bad dtype was found only after the CPU section had started")
+
+    monkeypatch.setattr("runtime.ort_backend.OrtBackend", no_ort)
+    with pytest.raises(DartrtError, match="GPU dtypes"):
+        suite.run_bench(tiny_dar_package, batch_sizes=(1,), repeats=1, accelerator=True, gpu_dtypes=("int8",),
+                        echo=None)
 
 
 def test_gpu_only_runs_the_gpu_section_alone(tiny_dar_package, tmp_path, monkeypatch):
