@@ -471,3 +471,22 @@ def test_gpu_only_refuses_without_a_gpu_or_with_onnxruntime_options(tiny_dar_pac
     assert r.exit_code != 0 and "--no-torch" in r.output
     r = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--gpu-only", "--precision", "all"])
     assert r.exit_code != 0 and "--precision" in r.output
+
+
+# ---- the GPU path on a real GPU (skips without one) ---------------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU that torch sees")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_section_on_a_real_gpu(tiny_dar_package):
+    """A real CUDA graph (and the bf16 copy) replays eager's logits, and every figure is measured."""
+    manifest = Manifest.load(tiny_dar_package)
+    acc = accelerator_section(random_checkpoint("tiny-dar"), Roofline.from_manifest(manifest), manifest.info,
+                              (1, 2), True, 2, 1, 8, dtypes=("float32", "bfloat16"))
+    assert acc["bandwidth"]["gbps"] > 0 and acc["l2_bytes"] > 0
+    for b in acc["batches"]:
+        graph = "torch-cuda-graph"
+        bound = 0.0 if b["dtype"] == "float32" else 0.1  # bf16: cuBLAS may pick other kernels under capture
+        assert b["max_abs_vs_eager"][graph] <= bound
+        assert b["timings"]["device"][graph]["median_s"] > 0 and b["fits_in_l2"]  # tiny-dar is KBs
