@@ -44,8 +44,8 @@ def schedule(step: int, elapsed_s: float, opts: TrainDAROptions) -> float:
     against AVX-512) and drift (the same 6 x 128 step measured 0.57 to 0.87 s in one session on one
     machine). A fixed step count overruns on a slow machine and leaves time unused on a fast one; a
     schedule on the budget's fraction anneals to zero as the time runs out, wherever it runs (budgeted
-    training, Li et al., ICLR 2020). The price is that the step count, and so the bits of the model,
-    depend on the machine: the log records the steps done."""
+    training, Li et al., ICLR 2020). The price is that the step count, and so the model, depends on
+    the machine: the log records the steps done."""
     progress = step / opts.steps
     if opts.time_budget_s:
         progress = max(progress, elapsed_s / opts.time_budget_s)
