@@ -348,14 +348,19 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
     run_gpu = gpu_only or (use_torch and (accelerator if accelerator is not None else _cuda_available()))
     if run_gpu:
         gpu.check_dtypes(roofline, gpu_dtypes)
+
+    def gpu_section(ckpt) -> dict:
+        return gpu.accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index,
+                                       dtypes=tuple(gpu_dtypes), compile_backend="inductor" if gpu_compile else None,
+                                       log=log)
+
     if gpu_only:  # the GPU section alone: onnxruntime is never opened
         _check_gpu_only(use_torch, precisions)
         ckpt = reference_checkpoint(package.manifest, source)
         with torch_threads(threads):
-            accel = gpu.accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index,
-                                            dtypes=tuple(gpu_dtypes), compile_backend=_compiler(gpu_compile), log=log)
-        report = _report(package, sizes, repeats, warmup, cfg, cfg_scale, "cuda", threads, True, started, t0,
-                         load_before)
+            accel = gpu_section(ckpt)
+        report = _report(package, sizes, repeats, warmup, cfg, cfg_scale, "cuda", threads, True, write_index,
+                         started, t0, load_before)
         report.update({"bandwidth": None, "backends": [], "variants": {}, "reference": {"source": ckpt.source},
                        "batches": [], "accelerator": accel})
         return _emit(report, json_path, echo)
@@ -392,14 +397,12 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
         bw_after = _measure_bandwidth(device, bandwidth_bytes, threads)
         accel = None
         if run_gpu:
-            accel = gpu.accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index,
-                                            dtypes=tuple(gpu_dtypes), compile_backend=_compiler(gpu_compile),
-                                            log=log)
+            accel = gpu_section(ckpt)
     if reference is not None:
         worst = max((v for b in batches for k, v in b["parity"].items() if k.endswith("max_abs")), default=0.0)
         reference.update({"max_abs_logits": worst, "same_model": worst <= SAME_MODEL_ATOL})
-    report = _report(package, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, started, t0,
-                     load_before)
+    report = _report(package, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, write_index,
+                     started, t0, load_before)
     report["settings"]["precisions"] = [p.name for p in chosen]
     report.update({
         "bandwidth": {"before": bw_before.to_dict(), "after": bw_after.to_dict(),
@@ -423,8 +426,8 @@ def _check_gpu_only(use_torch: bool, precisions) -> None:
         raise DartrtError("--gpu-only needs a CUDA GPU that torch sees (torch.cuda.is_available() is False)")
 
 
-def _report(package: Package, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, started, t0,
-            load_before) -> dict:
+def _report(package: Package, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, write_index,
+            started, t0, load_before) -> dict:
     """The report's frame: what was benched, where, with which settings, and how loaded the host was."""
     load_after = os.getloadavg()
     machine = _machine(threads)
@@ -438,8 +441,7 @@ def _report(package: Package, sizes, repeats, warmup, cfg, cfg_scale, device, th
         "started": started.isoformat(timespec="seconds"), "seconds": time.perf_counter() - t0,
         "machine": machine,
         "settings": {"batch_sizes": list(sizes), "repeats": repeats, "warmup": warmup, "cfg": cfg,
-                     "cfg_scale": cfg_scale, "device": device, "threads": threads,
-                     "write_index": package.info.seq_len // 2,
+                     "cfg_scale": cfg_scale, "device": device, "threads": threads, "write_index": write_index,
                      "interleaved": "round-robin over backends, warm-up included", "burst_s": BURST_S,
                      "torch": use_torch, "precisions": []},
     }
@@ -451,11 +453,6 @@ def _emit(report: dict, json_path, echo: Log | None) -> dict:
     if echo is not None:
         echo(format_table(report))
     return report
-
-
-def _compiler(gpu_compile: bool) -> str | None:
-    """The torch.compile backend of the GPU section's compiled contender (inductor: Triton kernels)."""
-    return "inductor" if gpu_compile else None
 
 
 def _cuda_available() -> bool:
