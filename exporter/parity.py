@@ -459,7 +459,7 @@ def image_check(reference, backend: Backend, grids: list[np.ndarray]) -> Check:
 
 
 # ---- rung 5: the decode graph under Polygraphy ------------------------------------------------------
-def polygraphy_check(decode_path: Path, feeds: list[dict], expected: list[dict], providers: Sequence[str]) -> Check:
+def polygraphy_check(decode_path: Path, feeds: list[dict], expected: list[dict], providers: Sequence) -> Check:
     """Polygraphy's OnnxrtRunner on the real captured step inputs, compared with torch's outputs by
     Polygraphy's own comparator (max absolute error against STEP_ATOL; rtol 0 so only atol counts)."""
     name, bound = "polygraphy:decode", f"<= {format_figure(STEP_ATOL)}"
@@ -531,7 +531,7 @@ def run_ladder(manifest: Manifest, reference, backend: Backend, settings: Parity
                               f"its only bound is fp32's; {precision} is judged by step:top1"))
         return checks
     say("polygraphy")
-    providers = list(getattr(backend, "providers", None) or ["CPUExecutionProvider"])
+    providers = list(getattr(backend, "provider_specs", None) or ["CPUExecutionProvider"])
     checks.append(polygraphy_check(manifest.graph("decode").path, runs.feeds, runs.expected, providers))
     return checks
 

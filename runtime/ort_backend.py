@@ -60,8 +60,17 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_providers(providers: str) -> list[str]:
-    """The EP list to ask for. 'auto' asks for CUDA when this onnxruntime build lists it."""
+ProviderSpec = str | tuple[str, dict[str, str]]
+
+
+def resolve_providers(providers: str, cuda_tf32: bool = False) -> list[ProviderSpec]:
+    """The EP list to ask for. 'auto' asks for CUDA when this onnxruntime build lists it.
+
+    The CUDA EP gets ``use_tf32`` from ``cuda_tf32``, off by default. Why: the EP turns TF32 on by
+    default, so an fp32 package no longer computes in fp32. Measured on an H200 (bundled demo, ORT
+    1.31.1): with TF32 the step logits were 0.03 from the torch reference (relative 1.2e-3, 30x
+    `dartrt verify`'s fp32 bound of 1e-4, though no sampled token changed); with it off, 1.8e-5.
+    Whoever wants the speed over that parity passes ``cuda_tf32=True``."""
     if providers not in PROVIDER_CHOICES:
         raise DartrtError(f"unknown providers {providers!r}: use one of {', '.join(PROVIDER_CHOICES)}")
     available = ort.get_available_providers()
@@ -70,7 +79,7 @@ def resolve_providers(providers: str) -> list[str]:
                           f"(available: {', '.join(available)}); install onnxruntime-gpu or use providers='cpu'")
     if providers == "cpu" or CUDA_EP not in available:
         return [CPU_EP]
-    return [CUDA_EP, CPU_EP]
+    return [(CUDA_EP, {"use_tf32": "1" if cuda_tf32 else "0"}), CPU_EP]
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class SessionSettings:
     intra_op_threads: int | None = None
     optimization: str = "all"
     log_severity: int = 3
+    cuda_tf32: bool = False
 
     def options(self) -> ort.SessionOptions:
         if self.optimization not in OPT_LEVELS:
@@ -95,7 +105,7 @@ class SessionSettings:
         return exact_int8_gemms(opts)
 
 
-def open_session(path: Path, settings: SessionSettings, providers: list[str]) -> ort.InferenceSession:
+def open_session(path: Path, settings: SessionSettings, providers: list[ProviderSpec]) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(str(path), sess_options=settings.options(), providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
@@ -123,8 +133,9 @@ class OrtBackend:
 
     def __init__(self, manifest: Manifest, providers: str = "auto", intra_op_threads: int | None = None,
                  optimization: str = "all", log_severity: int = 3, alias_cache: bool = True,
-                 graph_files: dict[str, Path] | None = None) -> None:
-        """``graph_files`` overrides a graph's file (the FP16 or INT8 form of decode/prefill, say)."""
+                 graph_files: dict[str, Path] | None = None, cuda_tf32: bool = False) -> None:
+        """``graph_files`` overrides a graph's file (the FP16 or INT8 form of decode/prefill, say);
+        ``cuda_tf32`` lets the CUDA EP use TF32 (see `resolve_providers`)."""
         self.manifest = manifest
         self.info: ModelInfo = manifest.info
         model = manifest.data["model"]
@@ -135,8 +146,8 @@ class OrtBackend:
                             int(kv.get("head_dim", model.get("head_dim", 0))))
         self.adaln = manifest.adaln_width is not None or bool(model.get("adaln", False))
         self.alias_cache = alias_cache
-        self.settings = SessionSettings(providers, intra_op_threads, optimization, log_severity)
-        requested = resolve_providers(providers)
+        self.settings = SessionSettings(providers, intra_op_threads, optimization, log_severity, cuda_tf32)
+        requested = resolve_providers(providers, cuda_tf32)
 
         past, present = cache_names(self.n_layer, "past_key_values"), cache_names(self.n_layer, "present")
         mod = ["adaln_modulation"] if self.adaln else []
@@ -160,6 +171,7 @@ class OrtBackend:
         self.cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         got = self.sessions["decode"].get_providers()
         self.providers = got
+        self.provider_specs = requested  # with their options: a second session (Polygraphy's) asks for the same
         self.device = "cuda" if got and got[0] == CUDA_EP else "cpu"
         if providers == "cuda" and self.device != "cuda":
             raise DartrtError("onnxruntime fell back to the CPU: the CUDA execution provider could not start "

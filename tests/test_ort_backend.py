@@ -132,3 +132,15 @@ def test_refusals(tiny_dar_package, tmp_path):
         ort_backend(broken)
     with pytest.raises(DartrtError, match="package must be a package folder or a Backend"):
         runtime.generate(42, [0])
+
+
+def test_cuda_ep_keeps_fp32_unless_asked(monkeypatch):
+    """The CUDA EP's own default is TF32 on, which put the bundled demo's step logits 0.03 from torch
+    on an H200 (30x the fp32 bound); dartrt asks for use_tf32=0 unless told otherwise. Checked by the
+    provider list it would request, since this machine has no CUDA EP."""
+    import runtime.ort_backend as ob
+
+    monkeypatch.setattr(ob.ort, "get_available_providers", lambda: [ob.CUDA_EP, ob.CPU_EP])
+    assert ob.resolve_providers("auto") == [(ob.CUDA_EP, {"use_tf32": "0"}), ob.CPU_EP]
+    assert ob.resolve_providers("cuda", cuda_tf32=True) == [(ob.CUDA_EP, {"use_tf32": "1"}), ob.CPU_EP]
+    assert ob.resolve_providers("cpu") == [ob.CPU_EP]
