@@ -190,8 +190,8 @@ def export_cmd(source, out, opset, force):
               help="Keep the trained VQ and its token grids here and reuse them when the recipe matches "
                    "(retraining only the DAR then skips the tokenizer).")
 @click.option("--budget-minutes", type=float, default=None,
-              help="Wall-clock budget for the whole run, e.g. 45; the DAR trains until it is spent (its LR schedule "
-                   "follows the clock). 0: no clock, the recipe's step counts. Default: the recipe's.")
+              help="Wall-clock budget for the whole run; the DAR trains until it is spent (its LR schedule follows "
+                   "the clock). Default: the recipe's 45. 0: no clock, the DAR runs its 20,000-step cap (hours).")
 @one_line_errors
 def train_demo_cmd(out, quick, run_eval, threads, reuse_classifier, cache_dir, budget_minutes):
     """Retrain the bundled demo (classifier, VQ tokenizer, DAR) from scratch, seeded, on the CPU."""
