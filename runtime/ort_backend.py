@@ -91,7 +91,6 @@ class SessionSettings:
     intra_op_threads: int | None = None
     optimization: str = "all"
     log_severity: int = 3
-    cuda_tf32: bool = False
 
     def options(self) -> ort.SessionOptions:
         if self.optimization not in OPT_LEVELS:
@@ -146,7 +145,7 @@ class OrtBackend:
                             int(kv.get("head_dim", model.get("head_dim", 0))))
         self.adaln = manifest.adaln_width is not None or bool(model.get("adaln", False))
         self.alias_cache = alias_cache
-        self.settings = SessionSettings(providers, intra_op_threads, optimization, log_severity, cuda_tf32)
+        self.settings = SessionSettings(providers, intra_op_threads, optimization, log_severity)
         requested = resolve_providers(providers, cuda_tf32)
 
         past, present = cache_names(self.n_layer, "past_key_values"), cache_names(self.n_layer, "present")
