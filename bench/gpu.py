@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-from runtime.errors import DartrtError
+from dartrt.runtime.errors import DartrtError
 
 from .bandwidth import Bandwidth, cuda_copy_bandwidth
 from .roofline import Roofline, floor_seconds
@@ -87,8 +87,7 @@ def accelerator_section(ckpt, roofline: Roofline, info, batch_sizes, cfg: bool, 
     on a GPU the defaults capture a real CUDA graph and measure HBM with a device copy.
     """
     import torch
-
-    from dar.backend import TorchBackend
+    from dartrt.dar.backend import TorchBackend
 
     from .cuda_graph import cuda_capture
 

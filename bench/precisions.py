@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from runtime.cfg import combine
-from runtime.errors import DartrtError
-from runtime.manifest import Manifest
-from runtime.variants import FP32, Precision, list_precisions, precision_manifest, resolve_precision
+from dartrt.runtime.cfg import combine
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.manifest import Manifest
+from dartrt.runtime.variants import FP32, Precision, list_precisions, precision_manifest, resolve_precision
 
 ALL = "all"
 __all__ = ["ALL", "FP32", "FillTrace", "Precision", "open_precision", "resolve_precisions", "top1_agreement"]
@@ -66,7 +65,7 @@ def resolve_precisions(data: dict, requested, device: str, pkg: str | Path | Non
 def open_precision(pkg: str | Path, manifest: Manifest, precision: Precision, device: str, threads: int):
     """(backend, manifest view) of one non-fp32 precision: the backend from `open_package_backend`
     (hashes were checked when the bench opened the package), the view for the roofline."""
-    from runtime.package import open_package_backend
+    from dartrt.runtime.package import open_package_backend
 
     backend = open_package_backend(pkg, f"onnxruntime-{device}", precision=precision.name, verify_hashes=False,
                                    intra_op_threads=threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from runtime.fileio import atomic_write_json
+from dartrt.runtime.fileio import atomic_write_json
 
 ROWS = (  # (timing key, label, divide by tokens per image)
     ("prefill", "prefill", False),

@@ -29,9 +29,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import onnx
-
-from runtime.errors import DartrtError
-from runtime.manifest import Manifest
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.manifest import Manifest
 
 _TP = onnx.TensorProto
 # Element sizes of the dtypes a weight can be stored in (int4 packs two per byte).

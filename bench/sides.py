@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-
-from runtime.backend import Backend
+from dartrt.runtime.backend import Backend
 
 Call = Callable[[], object]
 

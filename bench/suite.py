@@ -34,11 +34,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-
-from runtime.errors import DartrtError
-from runtime.orders import direction_ids, make_order, positions_table
-from runtime.package import Package
-from runtime.scheduler import build_request, sample_tokens
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.orders import direction_ids, make_order, positions_table
+from dartrt.runtime.package import Package
+from dartrt.runtime.scheduler import build_request, sample_tokens
 
 from . import gpu
 from .bandwidth import DEFAULT_BYTES, Bandwidth, cuda_copy_bandwidth, host_read_bandwidth
@@ -61,7 +60,7 @@ Log = Callable[[str], None]
 def reference_checkpoint(manifest: dict, source: str | None):
     """The torch model the package was exported from: ``source``, else the manifest's ``source``
     (a checkpoint folder, or ``preset NAME (random weights)`` rebuilt with seed 0)."""
-    from dar.checkpoint import random_checkpoint, resolve_source
+    from dartrt.dar.checkpoint import random_checkpoint, resolve_source
 
     wanted = source if source is not None else manifest.get("source")
     if not wanted:
@@ -283,7 +282,7 @@ def _check_args(batch_sizes, repeats: int, warmup: int, device: str, threads: in
 
 
 def _machine(threads: int) -> dict:
-    from runtime.ort_backend import usable_cpus
+    from dartrt.runtime.ort_backend import usable_cpus
 
     versions = {"python": platform.python_version(), "numpy": np.__version__}
     with contextlib.suppress(ImportError):
@@ -332,7 +331,7 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
     onnxruntime sides next to FP32 (see `bench.precisions`). ``json_path`` is written atomically;
     ``echo`` gets the table, ``log`` the progress lines.
     """
-    from runtime.ort_backend import OrtBackend, usable_cpus
+    from dartrt.runtime.ort_backend import OrtBackend, usable_cpus
 
     sizes = _check_args(batch_sizes, repeats, warmup, device, threads)
     log = log or (lambda _: None)
@@ -374,7 +373,7 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
             import torch
         except ImportError:
             raise DartrtError("torch is not installed; pass --no-torch to bench onnxruntime alone") from None
-        from dar.backend import TorchBackend
+        from dartrt.dar.backend import TorchBackend
 
         if device == "cuda" and not torch.cuda.is_available():
             raise DartrtError("device cuda: torch sees no CUDA GPU")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.ort_backend import OrtBackend
-from runtime.package import open_package_backend
+from dartrt.runtime.ort_backend import OrtBackend
+from dartrt.runtime.package import open_package_backend
 
 
 def open_variant(pkg: str | Path, variant: str | None = None, graph_files: dict[str, str] | None = None,

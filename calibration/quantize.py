@@ -84,7 +84,6 @@ import importlib.util
 import io
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -95,8 +94,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from runtime.errors import DartrtError
+from dartrt.runtime.errors import DartrtError
 
 from .graphinfo import (
     GEMM_OPS,
@@ -308,7 +306,7 @@ def _modelopt_job(cfg: QuantizeConfig, pkg: str, job: dict) -> dict:
     traces = load_traces(pkg, job["graph"], check_hash=False)  # the parent checked the hash
     external = _write_external(Path(job["src"]))
     if cfg.format == "fp16":
-        from graphs.fp16 import Fp16Policy, convert_fp16
+        from dartrt.graphs.fp16 import Fp16Policy, convert_fp16
 
         reader = traces.reader(min(cfg.samples or FP16_FEEDS, FP16_FEEDS))
         feeds = list(iter(reader.get_next, None))
@@ -356,10 +354,8 @@ def _run_modelopt(cfg: QuantizeConfig, pkg: Path, jobs: list[dict]) -> None:
         raise DartrtError(f"ModelOpt is not installed; pip install 'dartrt[quant]'"
                           f"{' or use --format qdq-ort' if cfg.format == 'qdq' else ''}")
     spec = {"config": asdict(cfg), "pkg": str(pkg), "jobs": jobs}
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "calibration.quantize"], input=json.dumps(spec), text=True,
-                          capture_output=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "dartrt.calibration.quantize"], input=json.dumps(spec), text=True,
+                          capture_output=True)
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         graphs = "+".join(job["graph"] for job in jobs)

@@ -31,11 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from runtime.backend import Backend
-from runtime.cfg import combine
-from runtime.orders import direction_ids, positions_table
-from runtime.scheduler import Request, build_request, sample_tokens
+from dartrt.runtime.backend import Backend
+from dartrt.runtime.cfg import combine
+from dartrt.runtime.orders import direction_ids, positions_table
+from dartrt.runtime.scheduler import Request, build_request, sample_tokens
 
 AGREEMENT_TARGET = 0.95
 FP16_AGREEMENT_TARGET = 0.99
@@ -165,7 +164,7 @@ def step_latency(backend: Backend, images: int = 1, steps: int = 32, write_index
 
 def image_quality(ref: Backend, test: Backend, classifier_dir: str | Path, n_per_class: int, seed: int = 0) -> dict:
     """Demo only: class accuracy / Fréchet distance of FP32 and INT8 on the same seeds, and the gap."""
-    from dar.demo.evaluate import evaluate_backend
+    from dartrt.dar.demo.evaluate import evaluate_backend
 
     out = {"fp32": evaluate_backend(ref, classifier_dir, n_per_class=n_per_class, seed=seed),
            "int8": evaluate_backend(test, classifier_dir, n_per_class=n_per_class, seed=seed)}
@@ -232,8 +231,7 @@ def trace_agreement(pkg: str | Path, graph_file: str | Path, graph: str = "decod
             return evaluator.run(["logits"], feed)[0]
     elif runner == "ort":
         import onnxruntime as ort
-
-        from runtime.ort_backend import exact_int8_gemms
+        from dartrt.runtime.ort_backend import exact_int8_gemms
 
         opts = exact_int8_gemms(ort.SessionOptions())
         opts.log_severity_level = 3

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import DartrtError
+from dartrt.runtime.errors import DartrtError
 
 from .backend import open_variant
 from .quantize import REPORT_SESSION_OPTIONS, QuantizeConfig, quantize_package
@@ -90,7 +90,7 @@ def _traces(pkg: Path, opts: CalibrateOptions, log) -> dict:
 
 def _demo_classifier(pkg: Path) -> Path | None:
     """The bundled classifier judges only the demo's 10 shape classes."""
-    from dar.checkpoint import BUNDLED
+    from dartrt.dar.checkpoint import BUNDLED
 
     if package_manifest(pkg)["model"].get("name") != DEMO_MODEL or not (BUNDLED / "classifier.json").is_file():
         return None

@@ -12,9 +12,9 @@ import json
 import shutil
 from pathlib import Path
 
-from runtime.errors import DartrtError
-from runtime.fileio import atomic_write
-from runtime.manifest import FORMAT, MANIFEST_NAME, write_manifest
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write
+from dartrt.runtime.manifest import FORMAT, MANIFEST_NAME, write_manifest
 
 CALIBRATION_DIR = "calibration"
 TRACES_DIR = f"{CALIBRATION_DIR}/traces"

@@ -43,12 +43,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from dar.backend import TorchBackend
-from dar.checkpoint import Checkpoint, load_checkpoint, random_checkpoint
-from dar.config import ModelConfig
-from runtime.errors import DartrtError
-from runtime.scheduler import build_request, sample_tokens
+from dartrt.dar.backend import TorchBackend
+from dartrt.dar.checkpoint import Checkpoint, load_checkpoint, random_checkpoint
+from dartrt.dar.config import ModelConfig
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.scheduler import build_request, sample_tokens
 
 from .store import TRACES_DIR, atomic_json, package_manifest, update_calibration_entry
 from .traceset import (
@@ -217,7 +216,7 @@ def checkpoint_for_package(pkg: str | Path, source: str | None = None) -> Checkp
 
     The exporter records ``source`` as a checkpoint folder or ``preset NAME (random weights)``;
     either is rebuilt here. `verify_traces` later proves the weights really are the package's."""
-    from dar.checkpoint import resolve_source
+    from dartrt.dar.checkpoint import resolve_source
 
     if source is not None:
         return resolve_source(source)

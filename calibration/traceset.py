@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from runtime.errors import DartrtError
+from dartrt.runtime.errors import DartrtError
 
 from .store import TRACES_DIR, atomic_write, read_json
 

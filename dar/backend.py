@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from runtime.backend import ModelInfo
-from runtime.images import to_uint8
+from dartrt.runtime.backend import ModelInfo
+from dartrt.runtime.images import to_uint8
 
 from .checkpoint import Checkpoint
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from dartrt.models import DEMO
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-
-from runtime.errors import DartrtError
-from runtime.fileio import atomic_write
 
 from .config import ModelConfig, get_preset
 from .importers import load_checked
@@ -24,7 +24,7 @@ from .vq import VQ_PRESETS, VQConfig, VQDecoder, build_vq_decoder
 
 FORMAT = "dartrt-checkpoint"
 VERSION = 1
-BUNDLED = Path(__file__).resolve().parent.parent / "models" / "demo"
+BUNDLED = DEMO
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from runtime.errors import DartrtError
+from dartrt.runtime.errors import DartrtError
 
 ROPE_KINDS = ("1d", "2d", "4d")
 EMBEDDINGS = ("learned", "codebook_mlp")

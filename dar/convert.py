@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runtime.errors import DartrtError
+from dartrt.runtime.errors import DartrtError
 
 from .checkpoint import save_checkpoint, vq_config_for
 from .config import get_preset

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from dartrt.dar.vq import VQConfig, VQDecoder, build_vq_decoder
+from dartrt.runtime.errors import DartrtError
 from torch import nn
-
-from dar.vq import VQConfig, VQDecoder, build_vq_decoder
-from runtime.errors import DartrtError
 
 __all__ = [
     "DartrtError",

@@ -15,9 +15,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+from dartrt.runtime.orders import NUM_DIRECTIONS
 from torch import nn
-
-from runtime.orders import NUM_DIRECTIONS
 
 from .config import ModelConfig
 from .rope import apply_rope, gather_cos_sin, rope_tables

@@ -8,10 +8,9 @@ the per-image modulation table `adaln_modulation` that prefill computes and ever
 from __future__ import annotations
 
 import torch
+from dartrt.dar.model import Transformer
+from dartrt.dar.vq import VQDecoder
 from torch import nn
-
-from dar.model import Transformer
-from dar.vq import VQDecoder
 
 
 def cache_names(n_layer: int, prefix: str) -> list[str]:

@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-
-from graphs.check import value_specs
-from runtime.errors import DartrtError
+from dartrt.graphs.check import value_specs
+from dartrt.runtime.errors import DartrtError
 
 MIN_OPSET, MAX_OPSET = 18, 25
 

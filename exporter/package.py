@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from dar.checkpoint import Checkpoint
-from runtime.errors import DartrtError
-from runtime.orders import direction_ids, make_order, positions_table
+from dartrt.dar.checkpoint import Checkpoint
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.orders import direction_ids, make_order, positions_table
 
 from .graphs import DecodeGraph, PrefillGraph, VQDecoderGraph, cache_names
 from .onnx_export import ExportedGraph, export_graph
@@ -117,7 +116,7 @@ def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, op
     """Export ``ckpt`` to the package folder ``out`` (atomic; refuses to overwrite without force).
 
     ``external_data``: None decides by size (weights over 1 GiB go to ``<graph>.onnx.data``)."""
-    from runtime.manifest import write_manifest
+    from dartrt.runtime.manifest import write_manifest
 
     out = Path(out)
     if out.exists() and not force:

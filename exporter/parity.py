@@ -36,12 +36,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from calibration.report import AGREEMENT_TARGET as TOP1_MIN
-from runtime.backend import Backend
-from runtime.errors import DartrtError
-from runtime.manifest import Manifest
-from runtime.scheduler import Request, build_request, sample_tokens, tokens_to_grids
+from dartrt.calibration.report import AGREEMENT_TARGET as TOP1_MIN
+from dartrt.runtime.backend import Backend
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.manifest import Manifest
+from dartrt.runtime.scheduler import Request, build_request, sample_tokens, tokens_to_grids
 
 STEP_ATOL = 1e-4  # fp32 logits, max-abs (architecture.md; Optimum's decoder tests use the same)
 MIN_PSNR_DB = 60.0  # uint8 images; 60 dB is an RMS error of 0.26 grey levels
@@ -197,8 +196,8 @@ def reference_checkpoint(manifest: Manifest, source: str | None = None):
     preset is rebuilt with seed 0 (what `random_checkpoint` and `dartrt export PRESET` use), a folder is
     loaded if it exists here. Either way its config must equal the package's, so a wrong --source is
     refused by name instead of failing every numeric check."""
-    from dar.checkpoint import BUNDLED, load_checkpoint, random_checkpoint, resolve_source
-    from dar.config import PRESETS
+    from dartrt.dar.checkpoint import BUNDLED, load_checkpoint, random_checkpoint, resolve_source
+    from dartrt.dar.config import PRESETS
 
     recorded = str(manifest.data.get("source") or "")
     if source is not None:
@@ -230,8 +229,7 @@ def graph_checks(manifest: Manifest) -> list[Check]:
     """onnx.checker (full, path-based so external data works), strict shape inference, and the graph's
     I/O names, dtypes and ranks against what the manifest promises the runtime."""
     import onnx
-
-    from graphs.check import value_specs
+    from dartrt.graphs.check import value_specs
 
     rows = []
     for name in manifest.data["graphs"]:
@@ -543,10 +541,9 @@ def verify_package(pkg_dir: str | Path, backend: str = "onnxruntime", source: st
     tensorrt; see `runtime.variants`), rebuild its reference, and run the ladder. On onnxruntime the
     graph rows check the precision's own files."""
     import torch
-
-    from dar.backend import TorchBackend
-    from runtime.package import open_package_backend
-    from runtime.variants import precision_manifest, resolve_precision
+    from dartrt.dar.backend import TorchBackend
+    from dartrt.runtime.package import open_package_backend
+    from dartrt.runtime.variants import precision_manifest, resolve_precision
 
     start = time.perf_counter()
     manifest = Manifest.load(pkg_dir)

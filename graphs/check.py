@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-
-from runtime.errors import DartrtError
+from dartrt.runtime.errors import DartrtError
 
 
 @dataclass(frozen=True)

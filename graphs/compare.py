@@ -38,8 +38,7 @@ def cpu_session(path: str | Path):
     """A single-threaded CPU session: the build machine shares its cores, and CPU numbers are
     the reproducible reference."""
     import onnxruntime as ort
-
-    from runtime.ort_backend import exact_int8_gemms
+    from dartrt.runtime.ort_backend import exact_int8_gemms
 
     opts = exact_int8_gemms(ort.SessionOptions())  # graphs may be INT8 variants
     opts.log_severity_level = 3

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from runtime.errors import DartrtError
-from runtime.manifest import Manifest
-from runtime.orders import direction_ids, make_order, positions_table
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.manifest import Manifest
+from dartrt.runtime.orders import direction_ids, make_order, positions_table
 
 Feed = dict[str, np.ndarray]
 NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,

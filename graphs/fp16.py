@@ -35,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from dartrt.runtime.errors import DartrtError
 from onnx import TensorProto, helper
-
-from runtime.errors import DartrtError
 
 from .check import ONNX_DTYPES, check_graph, load_inferred
 from .feeds import Feed

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from runtime.errors import DartrtError
+from dartrt.runtime.errors import DartrtError
 
 # protobuf refuses messages of 2 GiB; stay well below it (the exporter uses the same bound).
 EXTERNAL_DATA_BYTES = 1 << 30

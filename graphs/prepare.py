@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from runtime.errors import DartrtError
-from runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
 
 from .check import check_graph, io_specs
 from .compare import compare_graphs

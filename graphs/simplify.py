@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-
-from runtime.errors import DartrtError
+from dartrt.runtime.errors import DartrtError
 
 from .check import check_graph
 from .compare import compare_graphs

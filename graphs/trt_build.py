@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import DartrtError
-from runtime.fileio import atomic_write_bytes
-from runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
-from runtime.variants import CALIBRATE_FLAGS, ENGINE_PRECISIONS
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write_bytes
+from dartrt.runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
+from dartrt.runtime.variants import CALIBRATE_FLAGS, ENGINE_PRECISIONS
 
 from .prepare import ALL_GRAPHS, DECODER_GRAPHS, prepare, prepared_key
 
@@ -182,9 +182,8 @@ def build_engine(pkg_dir: str | Path, graph: str = "decode", precision: str = "f
     or, for int8/fp8/int4-awq, from calibration variant ``int8_variant`` (None: `default_variant`), and
     record it in the manifest."""
     trt = require_tensorrt()
+    from dartrt.runtime.trt_backend import device_info
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
-
-    from runtime.trt_backend import device_info
 
     if graph not in ALL_GRAPHS:
         raise DartrtError(f"unknown graph {graph!r}: use one of {', '.join(ALL_GRAPHS)}")

@@ -74,10 +74,10 @@ def open_package_backend(pkg_dir: str | Path, backend: str = "auto", *, precisio
             raise DartrtError(f"the package has no {graph!r} graph to replace "
                               f"(it has {', '.join(package.manifest['graphs'])})")
         files[graph] = package.dir / file  # an absolute file stays itself
-    try:
-        from .ort_backend import OrtBackend
-    except ImportError as exc:
-        raise DartrtError(f"onnxruntime is not installed ({exc}); pip install 'dartrt[cpu]' or 'dartrt[gpu]'") from None
+    from dartrt.extras import require  # dartrt.extras imports this package: import it when called
+
+    require(("onnxruntime",), f"the {backend} backend")
+    from .ort_backend import OrtBackend
     providers = options.pop("providers", _ORT_PROVIDERS[backend])
     engine = OrtBackend(package.view, providers=providers, graph_files=files or None, **options)
     engine.precision = chosen.name

@@ -13,8 +13,8 @@ def tiny_dar_package(tmp_path_factory):
     `random_checkpoint("tiny-dar")`, which rebuilds the same weights. The export's own ORT check is
     skipped here (the runtime tests compare ORT to torch themselves); about 15 s on one CPU core."""
     torch = pytest.importorskip("torch")
-    from dar.checkpoint import random_checkpoint
-    from exporter import export_package
+    from dartrt.dar.checkpoint import random_checkpoint
+    from dartrt.exporter import export_package
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -32,8 +32,7 @@ def traced_copy(package, tmp_path_factory, name: str, n_decode: int):
     import shutil
 
     import torch
-
-    from calibration.traces import checkpoint_for_package, record_traces
+    from dartrt.calibration.traces import checkpoint_for_package, record_traces
 
     pkg = tmp_path_factory.mktemp(name) / "tiny-dar"
     shutil.copytree(package, pkg)

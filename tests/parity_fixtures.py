@@ -14,8 +14,7 @@ import pytest
 
 def _export(ckpt, out: Path) -> Path:
     import torch
-
-    from exporter import export_package
+    from dartrt.exporter import export_package
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -39,7 +38,7 @@ def preset_package(request, tmp_path_factory) -> Callable[[str], Path]:
             if name == "tiny-dar":
                 cache[name] = request.getfixturevalue("tiny_dar_package")
             else:
-                from dar.checkpoint import random_checkpoint
+                from dartrt.dar.checkpoint import random_checkpoint
 
                 cache[name] = _export(random_checkpoint(name), tmp_path_factory.mktemp("parity") / name)
         return cache[name]
@@ -51,7 +50,7 @@ def preset_package(request, tmp_path_factory) -> Callable[[str], Path]:
 def demo_package(tmp_path_factory) -> Path:
     """The bundled demo model (models/demo) exported; skipped only while it has not been trained."""
     pytest.importorskip("torch")
-    from dar.checkpoint import BUNDLED, load_checkpoint
+    from dartrt.dar.checkpoint import BUNDLED, load_checkpoint
 
     if not (BUNDLED / "config.json").is_file():
         pytest.skip(f"the bundled demo model is not trained yet ({BUNDLED / 'config.json'} is absent)")
@@ -70,10 +69,9 @@ def tampered_package(tmp_path_factory, tiny_dar_package) -> Path:
 
     import numpy as np
     import onnx
+    from dartrt.dar.checkpoint import random_checkpoint
+    from dartrt.runtime.manifest import MANIFEST_NAME, write_manifest
     from onnx import numpy_helper
-
-    from dar.checkpoint import random_checkpoint
-    from runtime.manifest import MANIFEST_NAME, write_manifest
 
     pkg = tmp_path_factory.mktemp("tampered") / "tiny-dar-tampered"
     shutil.copytree(tiny_dar_package, pkg)

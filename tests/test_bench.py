@@ -11,21 +11,20 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+import dartrt.bench.suite as suite  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-
-import bench.suite as suite  # noqa: E402
-from bench.bandwidth import Bandwidth, host_read_bandwidth  # noqa: E402
-from bench.cuda_graph import StaticDecodeStep, cuda_capture, eager_capture  # noqa: E402
-from bench.gpu import accelerator_section  # noqa: E402
-from bench.precisions import resolve_precisions  # noqa: E402
-from bench.report import format_table  # noqa: E402
-from bench.roofline import Roofline  # noqa: E402
-from bench.timing import Stats, interleaved, time_interleaved  # noqa: E402
-from dar.checkpoint import random_checkpoint  # noqa: E402
-from dar.config import ModelConfig  # noqa: E402
-from runtime.errors import DartrtError  # noqa: E402
-from runtime.manifest import Manifest  # noqa: E402
-from runtime.variants import precision_manifest, resolve_precision  # noqa: E402
+from dartrt.bench.bandwidth import Bandwidth, host_read_bandwidth  # noqa: E402
+from dartrt.bench.cuda_graph import StaticDecodeStep, cuda_capture, eager_capture  # noqa: E402
+from dartrt.bench.gpu import accelerator_section  # noqa: E402
+from dartrt.bench.precisions import resolve_precisions  # noqa: E402
+from dartrt.bench.report import format_table  # noqa: E402
+from dartrt.bench.roofline import Roofline  # noqa: E402
+from dartrt.bench.timing import Stats, interleaved, time_interleaved  # noqa: E402
+from dartrt.dar.checkpoint import random_checkpoint  # noqa: E402
+from dartrt.dar.config import ModelConfig  # noqa: E402
+from dartrt.runtime.errors import DartrtError  # noqa: E402
+from dartrt.runtime.manifest import Manifest  # noqa: E402
+from dartrt.runtime.variants import precision_manifest, resolve_precision  # noqa: E402
 
 torch.set_num_threads(1)
 SMALL = 8 << 20  # bandwidth buffer for tests: the figure is irrelevant here, only that it is measured
@@ -178,7 +177,7 @@ def int8_package(tiny_dar_package, tmp_path_factory):
     """A copy of tiny-dar with the two calibration-free CPU INT8 variants written by `quantize_package`."""
     import shutil
 
-    from calibration.quantize import QuantizeConfig, quantize_package
+    from dartrt.calibration.quantize import QuantizeConfig, quantize_package
 
     pkg = tmp_path_factory.mktemp("int8") / "tiny-dar"
     shutil.copytree(tiny_dar_package, pkg)
@@ -277,7 +276,7 @@ def test_static_step_replays_new_inputs_from_its_buffers():
     """What a CUDA graph relies on: after capture, copy_ new inputs and replay gives the new step."""
     ckpt = random_checkpoint("tiny-dar")
     model, info = ckpt.model, None
-    from dar.backend import TorchBackend
+    from dartrt.dar.backend import TorchBackend
 
     backend = TorchBackend(ckpt)
     info = backend.info
@@ -374,7 +373,7 @@ class _NoTorch:
             raise ImportError(f"torch is blocked in this test (import of {name})")
         return None
 sys.meta_path.insert(0, _NoTorch())
-from bench.suite import run_bench
+from dartrt.bench.suite import run_bench
 report = run_bench(sys.argv[1], batch_sizes=(1,), repeats=1, warmup=0, threads=1, use_torch=False,
                    bandwidth_bytes=1 << 20, echo=None)
 assert report["backends"] == ["onnxruntime-cpu"] and "torch" not in sys.modules
@@ -416,7 +415,7 @@ def test_roofline_reprices_only_an_fp32_package(tiny_dar_package):
     assert half.decode_step(2, 9).total < roof.decode_step(2, 9).total
     with pytest.raises(DartrtError, match="fp32 package"):
         half.at_itemsize(1)
-    from bench.gpu import check_dtypes
+    from dartrt.bench.gpu import check_dtypes
 
     check_dtypes(half, ("float16",))  # a 16-bit package at its own size is priced as it is
     with pytest.raises(DartrtError, match="fp32 package"):
@@ -427,7 +426,7 @@ def test_gpu_dtypes_are_refused_before_any_timing(tiny_dar_package, monkeypatch)
     def no_ort(*_a, **_k):
         raise AssertionError("the bad dtype was found only after the CPU section had started")
 
-    monkeypatch.setattr("runtime.ort_backend.OrtBackend", no_ort)
+    monkeypatch.setattr("dartrt.runtime.ort_backend.OrtBackend", no_ort)
     with pytest.raises(DartrtError, match="GPU dtypes"):
         suite.run_bench(tiny_dar_package, batch_sizes=(1,), repeats=1, accelerator=True, gpu_dtypes=("int8",),
                         echo=None)
@@ -438,7 +437,7 @@ def test_gpu_only_runs_the_gpu_section_alone(tiny_dar_package, tmp_path, monkeyp
     CUDA parts stood in for by the CPU, as in the tests above)."""
     import functools
 
-    import bench.gpu as gpu
+    import dartrt.bench.gpu as gpu
 
     fake_bw = Bandwidth(10.0, SMALL, 1e-3, 1, "fake", 1, "fake device")
     monkeypatch.setattr(suite, "_cuda_available", lambda: True)
@@ -448,7 +447,7 @@ def test_gpu_only_runs_the_gpu_section_alone(tiny_dar_package, tmp_path, monkeyp
     def no_ort(*_a, **_k):
         raise AssertionError("--gpu-only opened onnxruntime")
 
-    monkeypatch.setattr("runtime.ort_backend.OrtBackend", no_ort)
+    monkeypatch.setattr("dartrt.runtime.ort_backend.OrtBackend", no_ort)
     out = tmp_path / "gpu.json"
     lines: list[str] = []
     report = suite.run_bench(tiny_dar_package, batch_sizes=(1,), repeats=1, gpu_only=True,

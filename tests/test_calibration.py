@@ -15,11 +15,10 @@ import numpy as np
 import onnx
 import pytest
 from conftest import traced_copy
-
-from calibration.graphinfo import SENSITIVE_OP_TYPES, head_nodes, int8_gemms
-from calibration.report import compare_logits, kl_divergence, top1_agreement
-from calibration.traceset import load_traces, load_traces_manifest, verify_traces
-from runtime.errors import DartrtError
+from dartrt.calibration.graphinfo import SENSITIVE_OP_TYPES, head_nodes, int8_gemms
+from dartrt.calibration.report import compare_logits, kl_divergence, top1_agreement
+from dartrt.calibration.traceset import load_traces, load_traces_manifest, verify_traces
+from dartrt.runtime.errors import DartrtError
 
 torch = pytest.importorskip("torch")
 
@@ -31,7 +30,7 @@ HAS_MODELOPT = importlib.util.find_spec("modelopt") is not None
 def calibrated(tiny_dar_package, tmp_path_factory):
     """A private copy of the tiny package with traces and the INT8 variants (the shared package stays
     pristine for the other tests)."""
-    from calibration.quantize import QuantizeConfig, quantize_package
+    from dartrt.calibration.quantize import QuantizeConfig, quantize_package
 
     pkg = traced_copy(tiny_dar_package, tmp_path_factory, "calib", N_DECODE)
     variants = ["int8-ort"]
@@ -80,7 +79,7 @@ def test_trace_caches_are_the_real_ones(calibrated):
 
 
 def test_traces_are_hashed_and_checked(calibrated, tmp_path):
-    from runtime.manifest import Manifest
+    from dartrt.runtime.manifest import Manifest
 
     pkg, _ = calibrated
     Manifest.load(pkg)  # every calibration file is listed and its hash matches
@@ -100,7 +99,7 @@ def test_traces_are_hashed_and_checked(calibrated, tmp_path):
 
 
 def test_wrong_source_is_refused(calibrated):
-    from calibration.traces import checkpoint_for_package, record_traces
+    from dartrt.calibration.traces import checkpoint_for_package, record_traces
 
     pkg, _ = calibrated
     with pytest.raises(DartrtError, match="does not match"):
@@ -108,8 +107,8 @@ def test_wrong_source_is_refused(calibrated):
 
 
 def test_trace_plan_is_stratified():
-    from calibration.traces import TracePlan, estimate_bytes
-    from dar.config import get_preset
+    from dartrt.calibration.traces import TracePlan, estimate_bytes
+    from dartrt.dar.config import get_preset
 
     plan = TracePlan.stratified(num_classes=1000, seq_len=256, n_decode=16, seed=3)
     steps = sorted(t for _, t in plan.decode)
@@ -163,9 +162,8 @@ def test_qdq_graph_structure(calibrated, variant):
 @pytest.mark.parametrize("variant", ["int8", "int8-ort"])
 def test_quantized_variant_runs_in_ort_cpu(calibrated, variant, tmp_path):
     import onnxruntime as ort
-
-    from calibration.backend import open_variant
-    from calibration.report import quality_report
+    from dartrt.calibration.backend import open_variant
+    from dartrt.calibration.report import quality_report
 
     pkg, variants = calibrated
     if variant not in variants:
@@ -191,8 +189,8 @@ def test_quantized_variant_runs_in_ort_cpu(calibrated, variant, tmp_path):
 
 
 def test_identical_model_agrees_fully(calibrated):
-    from calibration.backend import open_variant
-    from calibration.report import quality_report
+    from dartrt.calibration.backend import open_variant
+    from dartrt.calibration.report import quality_report
 
     pkg, _ = calibrated
     report = quality_report(open_variant(pkg), open_variant(pkg), images=2, latency=False)
@@ -203,7 +201,7 @@ def test_identical_model_agrees_fully(calibrated):
 
 
 def test_metric_invariants():
-    from runtime.cfg import CFGSchedule
+    from dartrt.runtime.cfg import CFGSchedule
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(5, 4, 32)), rng.normal(size=(5, 4, 32))
@@ -236,9 +234,9 @@ def test_cli_calibrate_writes_report(calibrated):
 
 
 def test_keep_regex_leaves_those_gemms_in_high_precision(calibrated, tmp_path):
-    from calibration.graphinfo import gemm_nodes
-    from calibration.quantize import QuantizeConfig, quantize_graph
-    from calibration.sensitivity import group_regex
+    from dartrt.calibration.graphinfo import gemm_nodes
+    from dartrt.calibration.quantize import QuantizeConfig, quantize_graph
+    from dartrt.calibration.sensitivity import group_regex
 
     pkg, _ = calibrated
     src = pkg / "decode.onnx"

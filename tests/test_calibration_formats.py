@@ -20,10 +20,9 @@ import numpy as np
 import onnx
 import pytest
 from conftest import traced_copy
+from dartrt.calibration.graphinfo import SENSITIVE_OP_TYPES, gemm_nodes, head_nodes, int8_gemms, modulation_nodes
+from dartrt.runtime.errors import DartrtError
 from onnx import TensorProto
-
-from calibration.graphinfo import SENSITIVE_OP_TYPES, gemm_nodes, head_nodes, int8_gemms, modulation_nodes
-from runtime.errors import DartrtError
 
 torch = pytest.importorskip("torch")
 if importlib.util.find_spec("modelopt") is None:
@@ -85,7 +84,7 @@ def _attr(node, name, default=None):
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_variant_is_valid_onnx_and_recorded(calibrated, fmt):
-    from runtime.manifest import Manifest
+    from dartrt.runtime.manifest import Manifest
 
     pkg, output = calibrated
     variant = FORMATS[fmt]
@@ -223,10 +222,9 @@ def test_cpu_ep_matches_onnx_reference(calibrated, fmt):
     i.e. unfused INT4 DQ) to 1e-5 (measured 1e-7); FP16 to 1e-3 (measured 2.5e-4: numpy and MLAS
     round fp16 GEMMs differently)."""
     import onnxruntime as ort
+    from dartrt.calibration.quantize import REPORT_SESSION_OPTIONS
+    from dartrt.calibration.traceset import load_traces
     from onnx.reference import ReferenceEvaluator
-
-    from calibration.quantize import REPORT_SESSION_OPTIONS
-    from calibration.traceset import load_traces
 
     pkg, _ = calibrated
     path = pkg / _entry(pkg, FORMATS[fmt])["graphs"]["decode"]["file"]
@@ -248,7 +246,7 @@ def test_cpu_ep_matches_onnx_reference(calibrated, fmt):
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_logits_close_to_fp32(calibrated, fmt):
-    from calibration.report import trace_agreement
+    from dartrt.calibration.report import trace_agreement
 
     pkg, _ = calibrated
     fp32 = trace_agreement(pkg, "decode.onnx", samples=N_DECODE, runner="ort")
@@ -277,8 +275,8 @@ def test_quality_report_rows(calibrated):
 def test_reference_fallback_when_cpu_ep_cannot_load(calibrated):
     """A variant the CPU EP refuses still gets step-level numbers from onnx.reference, and the table
     says so instead of printing a blank row."""
-    from calibration.quantize import QuantizeConfig, QuantizedGraph, Variant
-    from calibration.run import _reference_check, format_table
+    from dartrt.calibration.quantize import QuantizeConfig, QuantizedGraph, Variant
+    from dartrt.calibration.run import _reference_check, format_table
 
     pkg, _ = calibrated
     entry = _entry(pkg, "fp8")["graphs"]["decode"]
@@ -294,8 +292,8 @@ def test_reference_fallback_when_cpu_ep_cannot_load(calibrated):
 
 def test_bad_combinations_are_one_line_errors(calibrated):
     from click.testing import CliRunner
+    from dartrt.calibration.quantize import QuantizeConfig
 
-    from calibration.quantize import QuantizeConfig
     from dartrt.cli import main
 
     with pytest.raises(DartrtError, match="high-precision"):

@@ -7,12 +7,17 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from dar.demo import shapes
-from dar.demo.classifier import ShapeClassifier, load_classifier, save_classifier, to_model_input, train_classifier
-from dar.demo.evaluate import per_class_fd_ratios
-from dar.demo.metrics import classifier_features, frechet_distance, frechet_terms, quality_report
-from dar.demo.shapes import CLASS_NAMES, NUM_CLASSES, make_batch, render
+from dartrt.dar.demo import shapes
+from dartrt.dar.demo.classifier import (
+    ShapeClassifier,
+    load_classifier,
+    save_classifier,
+    to_model_input,
+    train_classifier,
+)
+from dartrt.dar.demo.evaluate import per_class_fd_ratios
+from dartrt.dar.demo.metrics import classifier_features, frechet_distance, frechet_terms, quality_report
+from dartrt.dar.demo.shapes import CLASS_NAMES, NUM_CLASSES, make_batch, render
 
 # --- shapes ---------------------------------------------------------------------------------------------
 

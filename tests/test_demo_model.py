@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from dar.checkpoint import BUNDLED, load_checkpoint
+from dartrt.dar.checkpoint import BUNDLED, load_checkpoint
 
 pytestmark = pytest.mark.skipif(not (BUNDLED / "config.json").is_file(),
                                 reason=f"bundled demo model not found at {BUNDLED}")
@@ -15,11 +14,10 @@ MIN_ACCURACY = 0.6
 
 def test_bundled_model_generates_the_requested_classes():
     import torch
-
-    from dar.backend import TorchBackend
-    from dar.demo.classifier import load_classifier
-    from dar.demo.metrics import classifier_features
-    from runtime.pipeline import generate_with_backend
+    from dartrt.dar.backend import TorchBackend
+    from dartrt.dar.demo.classifier import load_classifier
+    from dartrt.dar.demo.metrics import classifier_features
+    from dartrt.runtime.pipeline import generate_with_backend
 
     torch.set_num_threads(2)
     ckpt = load_checkpoint(BUNDLED)
@@ -46,7 +44,7 @@ def test_bundled_model_is_what_the_recipe_trains():
     from it (a recipe edit without a retrain fails here)."""
     import json
 
-    from dar.demo.train import DemoRecipe, dar_config, recipe_from_dict
+    from dartrt.dar.demo.train import DemoRecipe, dar_config, recipe_from_dict
 
     logged = json.loads((BUNDLED / "train_log.json").read_text())["recipe"]
     assert recipe_from_dict(logged) == DemoRecipe()

@@ -2,17 +2,16 @@
 
 import onnx
 import pytest
-
-from dar.checkpoint import random_checkpoint
-from exporter import export_package
-from runtime.errors import DartrtError
-from runtime.manifest import load_manifest
+from dartrt.dar.checkpoint import random_checkpoint
+from dartrt.exporter import export_package
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.manifest import load_manifest
 
 
 def test_external_data_package_loads_and_runs(tmp_path):
     """The large-model path (weights in <graph>.onnx.data) on a tiny model: small shape tensors are
     inlined so the full checker and shape inference work, and the hashes cover the data files."""
-    import runtime
+    from dartrt import runtime
 
     pkg = tmp_path / "pkg"
     report = export_package(random_checkpoint("tiny-llamagen"), pkg, external_data=True, log=lambda *_: None)
@@ -50,8 +49,8 @@ def test_force_replaces_atomically(tmp_path):
 def test_uncalibrated_int8_of_an_external_data_package_is_inline(tmp_path):
     """DAR-B's fp32 graphs carry external data (> 1 GiB) but its INT8 copies are < 2 GB: the
     quantizers must write them inline, which is the form calibration accepts (no refusal)."""
-    from calibration.quantize import QuantizeConfig, quantize_package
-    from runtime.package import open_package_backend
+    from dartrt.calibration.quantize import QuantizeConfig, quantize_package
+    from dartrt.runtime.package import open_package_backend
 
     pkg = tmp_path / "pkg"
     export_package(random_checkpoint("tiny-dar"), pkg, external_data=True, log=lambda *_: None)
@@ -68,7 +67,7 @@ def test_uncalibrated_int8_of_an_external_data_package_is_inline(tmp_path):
 
 
 def test_quantize_head_option_reaches_the_recipe():
-    from calibration.run import CalibrateOptions
+    from dartrt.calibration.run import CalibrateOptions
 
     assert all(c.keep_head for c in CalibrateOptions(formats=("weight-only", "qdq")).configs)
     assert not any(c.keep_head for c in CalibrateOptions(formats=("weight-only",), quantize_head=True).configs)

@@ -22,15 +22,15 @@ from onnx import TensorProto, helper
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxslim")
 
-from graphs import prepare, report, summarize  # noqa: E402
-from graphs.check import check_graph  # noqa: E402
-from graphs.compare import compare_graphs  # noqa: E402
-from graphs.feeds import decode_trace, graph_inputs, greedy_rollout, random_feed  # noqa: E402
-from graphs.fp16 import Fp16Policy, convert_fp16, logits_head_nodes, rmsnorm_nodes, rope_table_nodes  # noqa: E402
-from graphs.simplify import simplify_graph  # noqa: E402
-from graphs.trt_support import UNSUPPORTED, load_op_table, report_model  # noqa: E402
-from runtime.errors import DartrtError  # noqa: E402
-from runtime.manifest import Manifest, load_manifest  # noqa: E402
+from dartrt.graphs import prepare, report, summarize  # noqa: E402
+from dartrt.graphs.check import check_graph  # noqa: E402
+from dartrt.graphs.compare import compare_graphs  # noqa: E402
+from dartrt.graphs.feeds import decode_trace, graph_inputs, greedy_rollout, random_feed  # noqa: E402
+from dartrt.graphs.fp16 import Fp16Policy, convert_fp16, logits_head_nodes, rmsnorm_nodes, rope_table_nodes  # noqa: E402
+from dartrt.graphs.simplify import simplify_graph  # noqa: E402
+from dartrt.graphs.trt_support import UNSUPPORTED, load_op_table, report_model  # noqa: E402
+from dartrt.runtime.errors import DartrtError  # noqa: E402
+from dartrt.runtime.manifest import Manifest, load_manifest  # noqa: E402
 
 FP16_LOGITS_ATOL = 1e-2
 FP16_KL = 1e-4

@@ -7,16 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from dar.importers import (
+from dartrt.dar.importers import (
     DartrtError,
     clean_state_dict,
     import_llamagen_gpt,
     import_llamagen_vq,
     load_checked,
 )
-from dar.vq import VQConfig, build_vq
+from dartrt.dar.vq import VQConfig, build_vq
+from torch import nn
 
 torch.set_num_threads(1)
 

@@ -6,9 +6,8 @@ import json
 import os
 
 import pytest
-
-from runtime.errors import DartrtError
-from runtime.manifest import FORMAT, FORMAT_VERSION, Manifest, load_manifest, sha256_file, write_manifest
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.manifest import FORMAT, FORMAT_VERSION, Manifest, load_manifest, sha256_file, write_manifest
 
 
 def _manifest() -> dict:

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
-
-from dar.config import PRESETS, get_preset
-from dar.model import build_model
-from dar.rope import apply_rope, gather_cos_sin, rope_tables
-from runtime.orders import direction_ids, make_order, positions_table
+from dartrt.dar.config import PRESETS, get_preset
+from dartrt.dar.model import build_model
+from dartrt.dar.rope import apply_rope, gather_cos_sin, rope_tables
+from dartrt.runtime.orders import direction_ids, make_order, positions_table
 
 torch.set_num_threads(2)
 

@@ -21,16 +21,18 @@ sys.meta_path.insert(0, _NoTorch())
 """
 
 SCRIPT = BLOCK_TORCH + """
-import runtime
+from dartrt import runtime
 images = runtime.generate(sys.argv[1], [0, 1], n_per_class=1, seed=0)
 assert len(images) == 2 and images[0].mode == "RGB", images
 assert "torch" not in sys.modules, "torch was imported"
-print("ok", images[0].size, sorted(m for m in sys.modules if m.split(".")[0] in ("onnxruntime", "dar", "exporter")))
+heavy = ("onnxruntime", "dartrt.dar", "dartrt.exporter")
+print("ok", images[0].size, sorted(m for m in sys.modules if m.startswith(heavy)))
 """
 
 
 def test_blocker_really_blocks():
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import dar.model"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import dartrt.dar.model"], capture_output=True,
+                          text=True)
     assert proc.returncode != 0 and "torch is blocked" in proc.stderr
 
 
@@ -39,4 +41,4 @@ def test_generate_without_torch(tiny_dar_package):
                           timeout=120, )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("ok"), proc.stdout
-    assert "'dar" not in proc.stdout and "exporter" not in proc.stdout
+    assert "dartrt.dar" not in proc.stdout and "exporter" not in proc.stdout

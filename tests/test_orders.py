@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-
-from runtime.errors import DartrtError
-from runtime.orders import (
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.orders import (
     DIRECTION_NAMES,
     START,
     cell_to_index,

@@ -10,14 +10,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-import runtime  # noqa: E402
-from dar.backend import TorchBackend  # noqa: E402
-from dar.checkpoint import random_checkpoint  # noqa: E402
-from runtime.errors import DartrtError  # noqa: E402
-from runtime.manifest import load_manifest, write_manifest  # noqa: E402
-from runtime.orders import direction_ids, make_order, positions_table  # noqa: E402
-from runtime.package import open_package_backend  # noqa: E402
-from runtime.pipeline import generate_with_backend  # noqa: E402
+from dartrt.dar.backend import TorchBackend  # noqa: E402
+from dartrt.dar.checkpoint import random_checkpoint  # noqa: E402
+from dartrt.runtime.errors import DartrtError  # noqa: E402
+from dartrt.runtime.manifest import load_manifest, write_manifest  # noqa: E402
+from dartrt.runtime.orders import direction_ids, make_order, positions_table  # noqa: E402
+from dartrt.runtime.package import open_package_backend  # noqa: E402
+from dartrt.runtime.pipeline import generate_with_backend  # noqa: E402
+
+from dartrt import runtime  # noqa: E402
 
 torch.set_num_threads(1)
 NOT_IN_PLACE = "in-place optimization not activated"
@@ -138,7 +139,7 @@ def test_cuda_ep_keeps_fp32_unless_asked(monkeypatch):
     """The CUDA EP's own default is TF32 on, which put the bundled demo's step logits 0.03 from torch
     on an H200 (30x the fp32 bound); dartrt asks for use_tf32=0 unless told otherwise. Checked by the
     provider list it would request, since this machine has no CUDA EP."""
-    import runtime.ort_backend as ob
+    import dartrt.runtime.ort_backend as ob
 
     monkeypatch.setattr(ob.ort, "get_available_providers", lambda: [ob.CUDA_EP, ob.CPU_EP])
     assert ob.resolve_providers("auto") == [(ob.CUDA_EP, {"use_tf32": "0"}), ob.CPU_EP]

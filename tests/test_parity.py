@@ -23,9 +23,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
-
-from dartrt.cli import main  # noqa: E402
-from exporter.parity import (  # noqa: E402
+from dartrt.exporter.parity import (  # noqa: E402
     MIN_PSNR_DB,
     STEP_ATOL,
     Check,
@@ -35,7 +33,9 @@ from exporter.parity import (  # noqa: E402
     psnr_uint8,
     verify_package,
 )
-from runtime.manifest import MANIFEST_NAME, Manifest, write_manifest  # noqa: E402
+from dartrt.runtime.manifest import MANIFEST_NAME, Manifest, write_manifest  # noqa: E402
+
+from dartrt.cli import main  # noqa: E402
 
 pytest_plugins = ["parity_fixtures"]
 torch.set_num_threads(1)

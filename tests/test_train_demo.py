@@ -10,14 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from dartrt.dar.checkpoint import load_checkpoint
+from dartrt.dar.config import get_preset
+from dartrt.dar.demo.train import QUICK, SAVE_RESERVE_S, dar_config, train_demo
+from dartrt.dar.demo.train_dar import TrainDAROptions, cpu_runs_bf16, make_optimizer, train_dar
+from dartrt.dar.model import build_model
+from dartrt.runtime.errors import DartrtError
 from safetensors.numpy import load_file
-
-from dar.checkpoint import load_checkpoint
-from dar.config import get_preset
-from dar.demo.train import QUICK, SAVE_RESERVE_S, dar_config, train_demo
-from dar.demo.train_dar import TrainDAROptions, cpu_runs_bf16, make_optimizer, train_dar
-from dar.model import build_model
-from runtime.errors import DartrtError
 
 
 def test_quick_recipe_and_tokenizer_cache(tmp_path):
@@ -71,10 +70,9 @@ def test_dar_config_defaults_to_the_shipped_preset():
 
 def _tiny_forward_inputs():
     import torch
-
-    from dar.config import get_preset
-    from dar.model import build_model
-    from runtime.orders import direction_ids, make_order, positions_table
+    from dartrt.dar.config import get_preset
+    from dartrt.dar.model import build_model
+    from dartrt.runtime.orders import direction_ids, make_order, positions_table
 
     cfg = get_preset("tiny-dar")
     order = make_order(cfg.order, cfg.grid_size)
@@ -89,8 +87,7 @@ def test_compiled_TrainingForward_matches_eager():
     """The compiled training forward gives the eager logits (fp32, atol 1e-4; without a working compiler
     the guarded fallback is eager, so this still checks the numbers the training loop sees)."""
     import torch
-
-    from dar.demo.train_dar import _TrainingForward
+    from dartrt.dar.demo.train_dar import _TrainingForward
 
     model, args = _tiny_forward_inputs()
     eager = model.forward_full(*args, gather_modulation=True)
@@ -100,8 +97,7 @@ def test_compiled_TrainingForward_matches_eager():
 
 def test_TrainingForward_falls_back_to_eager_when_compilation_fails(monkeypatch):
     import torch
-
-    from dar.demo.train_dar import _TrainingForward
+    from dartrt.dar.demo.train_dar import _TrainingForward
 
     def broken_compile(fn):
         def call(*args, **kwargs):
@@ -134,7 +130,7 @@ def _tiny_tokens():
 def test_bf16_autocast_is_skipped_where_the_cpu_has_no_native_bf16(monkeypatch):
     """Emulated bf16 made a step 10x slower than fp32 (AVX2 CPU), so without native kernels the DAR
     trains in fp32: one log line, and exactly the weights of an fp32 run."""
-    from dar.demo import train_dar as module
+    from dartrt.dar.demo import train_dar as module
 
     monkeypatch.setattr(module, "cpu_runs_bf16", lambda: False)
     cfg, codebook, grids, labels = _tiny_tokens()
@@ -169,7 +165,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
 
 
 def test_muon_lr_scales_muon_along_the_shared_schedule():
-    from dar.demo.train_dar import set_learning_rates
+    from dartrt.dar.demo.train_dar import set_learning_rates
 
     model = build_model(get_preset("tiny-dar"))
     opts = TrainDAROptions(optimizer="muon", lr=1e-3, muon_lr=4e-3)
@@ -199,7 +195,7 @@ def test_fp32_muon_runs_newton_schulz_in_fp32_where_the_cpu_has_no_native_bf16(m
     (momentum 0.95, Nesterov, match_rms_adamw, decoupled decay) with newton_schulz_fp32, to fp32
     round-off (atol 1e-7), and differs from torch's bf16 step by bf16 round-off only (relative L2 norm
     of the difference < 3 %; measured 1.4 %: five bf16 iterations of a slope-maximising polynomial)."""
-    from dar.demo import train_dar as module
+    from dartrt.dar.demo import train_dar as module
 
     cfg = get_preset("tiny-dar")
     opts = TrainDAROptions(optimizer="muon", lr=1e-2, weight_decay=0.05)
@@ -226,7 +222,7 @@ def test_fp32_muon_runs_newton_schulz_in_fp32_where_the_cpu_has_no_native_bf16(m
 
 
 def test_schedule_anneals_on_the_further_of_steps_and_time():
-    from dar.demo.train_dar import schedule
+    from dartrt.dar.demo.train_dar import schedule
 
     by_time = TrainDAROptions(steps=100, lr=1.0, warmup=1, time_budget_s=10.0)
     assert schedule(0, 0.0, by_time) == pytest.approx(1.0)
@@ -250,7 +246,7 @@ def test_time_budget_stops_the_dar_before_it_runs_out():
 
 
 def test_demo_budget_goes_to_the_last_dar_phase():
-    from dar.demo.train import _fill_budget
+    from dartrt.dar.demo.train import _fill_budget
 
     phase = TrainDAROptions(steps=5000)
     assert _fill_budget(phase, 1000.0, lambda _: None).time_budget_s == pytest.approx(1000.0 - SAVE_RESERVE_S)
@@ -261,7 +257,7 @@ def test_demo_budget_goes_to_the_last_dar_phase():
 
 
 def test_recipe_round_trips_through_its_json_log():
-    from dar.demo.train import DemoRecipe, recipe_from_dict
+    from dartrt.dar.demo.train import DemoRecipe, recipe_from_dict
 
     for recipe in (DemoRecipe(), QUICK):
         assert recipe_from_dict(json.loads(json.dumps(dataclasses.asdict(recipe)))) == recipe

@@ -12,11 +12,10 @@ import shutil
 
 import numpy as np
 import pytest
-
-from graphs.trt_build import derive_profile
-from runtime.errors import DartrtError
-from runtime.manifest import load_manifest, write_manifest
-from runtime.trt_backend import DeviceInfo, check_engine_compatible
+from dartrt.graphs.trt_build import derive_profile
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.manifest import load_manifest, write_manifest
+from dartrt.runtime.trt_backend import DeviceInfo, check_engine_compatible
 
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "9.0", "11.4.0.106")
 
@@ -28,7 +27,7 @@ def _tensorrt_unavailable() -> str | None:
     except ImportError as exc:
         return f"tensorrt is not importable ({exc})"
     try:
-        from runtime.trt_backend import device_info
+        from dartrt.runtime.trt_backend import device_info
 
         device_info(0)
     except DartrtError as exc:
@@ -96,7 +95,7 @@ def test_engine_entry_without_metadata():
 
 # ---- which graph an engine is built from (CPU) -------------------------------------------------------
 def test_build_inputs_are_prepared_or_calibrated(tiny_dar_package, tmp_path):
-    from graphs.trt_build import _prepared_entry
+    from dartrt.graphs.trt_build import _prepared_entry
 
     pkg = tmp_path / "pkg"
     shutil.copytree(tiny_dar_package, pkg)
@@ -140,7 +139,7 @@ def test_build_cli_without_tensorrt(tiny_dar_package):
 
 @without_trt
 def test_tensorrt_backend_without_tensorrt(tiny_dar_package):
-    from runtime.package import open_package_backend
+    from dartrt.runtime.package import open_package_backend
 
     with pytest.raises(DartrtError, match=r"TensorRT backend is not available here: tensorrt is not installed"):
         open_package_backend(tiny_dar_package, "tensorrt")
@@ -152,7 +151,7 @@ def built_package(tiny_dar_package, tmp_path_factory):
     """tiny-dar prepared (fp16) and built for this GPU, max batch 2."""
     if TRT_SKIP is not None:
         pytest.skip(TRT_SKIP)
-    from graphs.trt_build import build_engines
+    from dartrt.graphs.trt_build import build_engines
 
     pkg = tmp_path_factory.mktemp("trt") / "tiny-dar"
     shutil.copytree(tiny_dar_package, pkg)
@@ -164,7 +163,7 @@ def built_package(tiny_dar_package, tmp_path_factory):
 @pytest.mark.trt
 @needs_trt
 def test_build_records_engines(built_package):
-    from runtime.trt_backend import device_info
+    from dartrt.runtime.trt_backend import device_info
 
     data = load_manifest(built_package)
     here = device_info(0)
@@ -183,13 +182,12 @@ def test_build_records_engines(built_package):
 def test_decode_engine_matches_polygraphy_and_onnxruntime(built_package):
     """Polygraphy's TrtRunner (which binds the aliased cache outputs itself) against onnxruntime on the
     same fp16 graph, on real decode steps: FP16 tolerance 1e-2 on logits."""
+    from dartrt.graphs.feeds import cast_feed, decode_trace, graph_inputs
+    from dartrt.runtime.manifest import Manifest
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
-
-    from graphs.feeds import cast_feed, decode_trace, graph_inputs
-    from runtime.manifest import Manifest
 
     manifest = Manifest.load(built_package)
     onnx_path = built_package / manifest.data["prepared"]["decode.fp16"]["file"]
@@ -206,13 +204,14 @@ def test_decode_engine_matches_polygraphy_and_onnxruntime(built_package):
 @pytest.mark.trt
 @needs_trt
 def test_trt_backend_generates_like_onnxruntime(built_package):
-    import runtime
-    from runtime.package import open_package_backend
+    from dartrt.runtime.package import open_package_backend
+
+    from dartrt import runtime
 
     trt_b = open_package_backend(built_package, "tensorrt")
     ort_b = open_package_backend(built_package, "onnxruntime-cpu")
     info = trt_b.info
-    from runtime.orders import direction_ids, make_order, positions_table
+    from dartrt.runtime.orders import direction_ids, make_order, positions_table
 
     order = make_order(info.order, info.grid_size)
     pos, dirs = positions_table(order, info.grid_size, info.rope), direction_ids(order)
@@ -231,7 +230,7 @@ def test_trt_backend_generates_like_onnxruntime(built_package):
 @pytest.mark.trt
 @needs_trt
 def test_trt_backend_refuses_a_foreign_engine(built_package, tmp_path):
-    from runtime.package import open_package_backend
+    from dartrt.runtime.package import open_package_backend
 
     pkg = tmp_path / "foreign"
     shutil.copytree(built_package, pkg)
@@ -245,7 +244,7 @@ def test_trt_backend_refuses_a_foreign_engine(built_package, tmp_path):
 def test_quantized_engines_default_to_their_fp16_elsewhere_variant():
     """int8 / fp8 engines prefer the variant with FP16 outside the quantized GEMMs, and say so when they
     fall back to the fp32-elsewhere one; int4-awq has a single variant."""
-    from graphs.trt_build import default_variant
+    from dartrt.graphs.trt_build import default_variant
 
     notes: list[str] = []
     both = {"calibration": {"variants": {"fp8": {}, "fp8-fp16": {}}}}

@@ -21,17 +21,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
-
-import runtime  # noqa: E402
-from runtime.errors import DartrtError  # noqa: E402
-from runtime.manifest import load_manifest  # noqa: E402
-from runtime.package import open_package_backend  # noqa: E402
-from runtime.variants import (  # noqa: E402
+from dartrt.runtime.errors import DartrtError  # noqa: E402
+from dartrt.runtime.manifest import load_manifest  # noqa: E402
+from dartrt.runtime.package import open_package_backend  # noqa: E402
+from dartrt.runtime.variants import (  # noqa: E402
     engine_precision,
     list_precisions,
     precision_manifest,
     resolve_precision,
 )
+
+from dartrt import runtime  # noqa: E402
 
 INT8 = "int8-dynamic"
 FILES = {"prefill": f"calibration/prefill.{INT8}.onnx", "decode": f"calibration/decode.{INT8}.onnx"}
@@ -45,7 +45,7 @@ def _quiet(*_a, **_k) -> None:
 
 @pytest.fixture(scope="module")
 def pkg(tiny_dar_package, tmp_path_factory):
-    from calibration.quantize import QuantizeConfig, quantize_package
+    from dartrt.calibration.quantize import QuantizeConfig, quantize_package
 
     out = tmp_path_factory.mktemp("variants") / "tiny-dar"
     shutil.copytree(tiny_dar_package, out)
@@ -55,7 +55,7 @@ def pkg(tiny_dar_package, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fp16_pkg(pkg, tmp_path_factory):
-    from graphs.prepare import prepare
+    from dartrt.graphs.prepare import prepare
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -101,8 +101,8 @@ def test_resolve_and_errors(pkg):
 
 
 def test_precision_manifest_points_at_the_variant(pkg, fp16_pkg):
-    from exporter.parity import graph_checks
-    from runtime.manifest import Manifest
+    from dartrt.exporter.parity import graph_checks
+    from dartrt.runtime.manifest import Manifest
 
     view = precision_manifest(Manifest.load(pkg), resolve_precision(load_manifest(pkg), INT8))
     assert view.graph("decode").path == pkg / FILES["decode"]
@@ -158,7 +158,7 @@ def test_int8_variant_generates_close_to_fp32(pkg):
 def test_sessions_ask_for_exact_int8_gemms_on_cpus_without_vnni():
     """The U8S8 saturation fix must reach every backend session (the test above fails without it on
     such CPUs; on VNNI CPUs ORT ignores the option)."""
-    from runtime.ort_backend import SessionSettings
+    from dartrt.runtime.ort_backend import SessionSettings
 
     opts = SessionSettings(providers="cpu").options()
     assert opts.get_session_config_entry("session.x64quantprecision") == "1"
@@ -173,7 +173,7 @@ def test_fp16_runs_with_an_fp16_cache(fp16_pkg):
 
 
 def test_open_variant_goes_through_the_runtime(pkg, tmp_path):
-    from calibration.backend import open_variant
+    from dartrt.calibration.backend import open_variant
 
     def same_logits(a, b) -> bool:
         lock = TeacherForced(a, b)
@@ -241,7 +241,7 @@ def test_tensorrt_precision_mapping(pkg):
 
 
 def test_trt_int8_engine_prefers_the_fp16_variant():
-    from graphs.trt_build import default_variant
+    from dartrt.graphs.trt_build import default_variant
 
     notes: list[str] = []
     both = {"calibration": {"variants": {"int8": {}, "int8-fp16": {}}}}

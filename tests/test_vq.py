@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from dar.demo.train_vq import TrainVQOptions, _restart_dead_codes, _spherical_kmeans, psnr_uint8, train_vq
-from dar.vq import (
+from dartrt.dar.demo.train_vq import TrainVQOptions, _restart_dead_codes, _spherical_kmeans, psnr_uint8, train_vq
+from dartrt.dar.vq import (
     VQ_PRESETS,
     VQConfig,
     VQDecoder,

@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from runtime.backend import Backend
-from runtime.pipeline import generate_with_backend
+from dartrt.runtime.backend import Backend
+from dartrt.runtime.pipeline import generate_with_backend
 
 from .classifier import load_classifier
 from .metrics import classifier_features, frechet_distance, frechet_terms, reference_features

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dartrt.runtime.errors import DartrtError
 from safetensors.torch import load_file, save_file
-
-from runtime.errors import DartrtError
 
 from ..checkpoint import atomic_write, save_checkpoint
 from ..config import ModelConfig, get_preset

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dartrt.dar.vq import VQConfig, VQModel, build_vq, to_uint8
 from tqdm import tqdm
-
-from dar.vq import VQConfig, VQModel, build_vq, to_uint8
 
 __all__ = ["TrainVQOptions", "evaluate_vq", "images_to_tensor", "psnr_uint8", "train_vq"]
 

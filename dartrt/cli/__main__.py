@@ -1,0 +1,5 @@
+"""``python -m dartrt.cli``: the same as the ``dartrt`` script."""
+
+from . import main
+
+main()

@@ -1,0 +1,52 @@
+"""`dartrt export` and `dartrt convert`: checkpoints in, packages (or our checkpoint format) out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dartrt.extras import EXPORT_MODULES, require
+from dartrt.runtime.errors import DartrtError
+
+from .common import one_line_errors
+
+
+@click.group()
+def convert() -> None:
+    """Convert third-party checkpoints into dartrt's format (safetensors + config.json)."""
+
+
+@convert.command("llamagen")
+@click.option("--gpt", "gpt_path", type=click.Path(), required=True, help="LlamaGen GPT c2i .pt")
+@click.option("--vq", "vq_path", type=click.Path(), required=True, help="LlamaGen VQ-16 .pt (vq_ds16_c2i.pt)")
+@click.option("--model", "preset", default="GPT-B", show_default=True, help="GPT-B/L/XL/XXL/3B")
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True)
+@one_line_errors
+def convert_llamagen(gpt_path, vq_path, preset, out):
+    """Import LlamaGen c2i GPT + VQ-16 checkpoints."""
+    require(("torch", "safetensors"), "`dartrt convert`")
+    from dartrt.dar.convert import convert_llamagen as run
+
+    run(gpt_path, vq_path, preset, out)
+    click.echo(f"wrote {out}")
+
+
+@click.command("export")
+@click.argument("source", required=False)
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Package folder to write.")
+@click.option("--opset", type=int, default=24, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing package.")
+@one_line_errors
+def export_cmd(source, out, opset, force):
+    """Export SOURCE (checkpoint folder, preset, or the bundled model) to an ONNX package."""
+    require(EXPORT_MODULES, "`dartrt export`")
+    from dartrt.dar.checkpoint import resolve_source
+    from dartrt.exporter import export_package
+
+    if Path(out).exists() and not force:
+        raise DartrtError(f"{out} already exists (use --force to overwrite)")
+    ckpt = resolve_source(source)
+    click.echo(f"exporting {ckpt.source} → {out}")
+    report = export_package(ckpt, out, force=force, opset=opset, log=click.echo)
+    click.echo(f"wrote {report.package} in {report.seconds:.1f}s")

@@ -1,0 +1,10 @@
+"""The bundled models, shipped as package data (``dartrt.models``).
+
+``DEMO`` is the folder of the trained demo DAR (config, weights, VQ, classifier, metrics). It resolves
+to the repository's ``models/demo`` in a checkout and to ``site-packages/dartrt/models/demo`` in an
+installed wheel, so every command finds the same model either way.
+"""
+
+from pathlib import Path
+
+DEMO = Path(__file__).resolve().parent / "demo"
