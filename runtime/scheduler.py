@@ -13,8 +13,9 @@ import numpy as np
 
 from .backend import Backend
 from .cfg import CFGSchedule, combine
+from .contract import StepTables, cfg_double, cfg_rows
 from .errors import DartrtError
-from .orders import direction_ids, make_order, positions_table, scatter_to_grid
+from .orders import make_order, scatter_to_grid
 from .sampler import SamplingConfig, gumbel_noise, image_generators, sample
 
 StepCallback = Callable[[int, int], None]
@@ -74,22 +75,19 @@ def sample_tokens(backend: Backend, request: Request, on_step: StepCallback | No
     """Run the request; returns tokens [n_images, G*G] in scan order."""
     info = backend.info
     n_tok = info.seq_len
-    positions = positions_table(request.order, info.grid_size, info.rope)
-    directions = direction_ids(request.order)
+    tables = StepTables.of(request.order, info.grid_size, info.rope)
     out = np.empty((len(request.class_ids), n_tok), dtype=np.int64)
     total_steps = -(-len(request.class_ids) // request.batch_size) * n_tok
     done = 0
+    use_cfg = request.cfg.enabled
     for first in range(0, len(request.class_ids), request.batch_size):
         classes = np.asarray(request.class_ids[first:first + request.batch_size], dtype=np.int64)
         rngs = image_generators(request.seed, len(classes), first)
-        use_cfg = request.cfg.enabled
-        rows = np.concatenate([classes, np.full_like(classes, info.num_classes)]) if use_cfg else classes
-        logits = backend.prefill(rows, positions[:1], directions[:1])
+        logits = backend.prefill(cfg_rows(classes, info.num_classes, use_cfg), *tables.at(0))
         for t in range(n_tok):
             if t > 0:
-                prev = out[first:first + len(classes), t - 1:t]
-                prev = np.concatenate([prev, prev]) if use_cfg else prev
-                logits = backend.step(prev, positions[t:t + 1], directions[t:t + 1], t)
+                prev = cfg_double(out[first:first + len(classes), t - 1:t], use_cfg)
+                logits = backend.step(prev, *tables.at(t), t)
             if use_cfg:
                 logits = combine(logits, request.cfg.weight(t, n_tok))
             noise = None if request.sampling.greedy else gumbel_noise(rngs, logits.shape[-1])

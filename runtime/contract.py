@@ -1,0 +1,116 @@
+"""The graph I/O contract: the names, shapes and row layout that every step graph and every caller share.
+
+The exporter writes graphs with these names, the backends bind them, and the checkers (verify, graph
+passes, calibration traces, bench) build feeds for them; each imports them from here, so a change of
+the contract is a change in one file (docs/design.md describes it in prose).
+
+Decoder graphs (``prefill``, ``decode``), R rows, S new tokens, T_max cache slots:
+
+- inputs: ``input_ids [R, S]`` int64 (prefill: the class ids, S = 1), ``positions [S, 4]`` int64,
+  ``direction [S]`` int64, ``write_index [R]`` int64 (the cache slot of the first new token), for AdaLN
+  models the decode graph's ``adaln_modulation [R, 9, M]`` (prefill computes it), and per layer i
+  ``past_key_values.{i}.key|value [R, H, T_max, D]``;
+- outputs: ``logits [R, S, V]`` float32, prefill's ``adaln_modulation``, and ``present.{i}.key|value``,
+  which a runtime binds to the same buffer as the matching past input (an in-place cache update).
+
+VQ decoder: ``token_grid [B, G, G]`` int64 → ``image [B, 3, H, W]`` float32 in about [-1, 1].
+
+Rows with classifier-free guidance: R = 2B, the B conditional rows first, then the same images'
+null-class rows (class id ``num_classes``); both halves are fed the same tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .orders import direction_ids, positions_table
+
+PREFILL, DECODE, VQ_DECODER = "prefill", "decode", "vq_decoder"
+DECODER_GRAPHS = (PREFILL, DECODE)
+ALL_GRAPHS = (PREFILL, DECODE, VQ_DECODER)
+
+INPUT_IDS, POSITIONS, DIRECTION, WRITE_INDEX = "input_ids", "positions", "direction", "write_index"
+STEP_INPUTS = (INPUT_IDS, POSITIONS, DIRECTION, WRITE_INDEX)
+MODULATION = "adaln_modulation"
+LOGITS = "logits"
+PAST, PRESENT = "past_key_values", "present"
+TOKEN_GRID, IMAGE = "token_grid", "image"
+# Symbolic dims of the exported graphs (batch rows, new tokens).
+BATCH_DIM, SEQ_DIM = "batch", "seq"
+
+
+def cache_names(n_layer: int, prefix: str = PAST) -> list[str]:
+    """``{prefix}.{i}.key`` / ``.value`` for every layer, in graph order."""
+    return [f"{prefix}.{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]
+
+
+def is_cache(name: str) -> bool:
+    return name.startswith((f"{PAST}.", f"{PRESENT}."))
+
+
+def past_name(present: str) -> str:
+    """``present.{i}.key`` → ``past_key_values.{i}.key`` (the input an output is aliased to)."""
+    return PAST + present[len(PRESENT):] if present.startswith(f"{PRESENT}.") else present
+
+
+@dataclass(frozen=True)
+class GraphIO:
+    """Input and output names of one graph, in graph order."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+def graph_io(graph: str, n_layer: int, adaln: bool) -> GraphIO:
+    """The names ``graph`` takes and returns for a model with ``n_layer`` layers (and AdaLN or not)."""
+    past, present = cache_names(n_layer, PAST), cache_names(n_layer, PRESENT)
+    mod = [MODULATION] if adaln else []
+    if graph == PREFILL:
+        return GraphIO((*STEP_INPUTS, *past), (LOGITS, *mod, *present))
+    if graph == DECODE:
+        return GraphIO((*STEP_INPUTS, *mod, *past), (LOGITS, *present))
+    if graph == VQ_DECODER:
+        return GraphIO((TOKEN_GRID,), (IMAGE,))
+    raise ValueError(f"unknown graph {graph!r}")
+
+
+# ---- rows ---------------------------------------------------------------------------------------------
+def cfg_rows(class_ids, num_classes: int, cfg: bool) -> np.ndarray:
+    """The class id of every row: the images' classes, then (with CFG) as many null-class rows."""
+    classes = np.asarray(class_ids, dtype=np.int64)
+    return np.concatenate([classes, np.full_like(classes, num_classes)]) if cfg else classes
+
+
+def cfg_double(x: np.ndarray, cfg: bool) -> np.ndarray:
+    """Per-image inputs (tokens) for every row: the null half is fed exactly what its image was."""
+    return np.concatenate([x, x]) if cfg else x
+
+
+# ---- positions of a scan order ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepTables:
+    """``positions`` and ``direction`` of every decoder input index for one scan order."""
+
+    positions: np.ndarray  # [N, 4] int64
+    directions: np.ndarray  # [N] int64
+
+    @classmethod
+    def of(cls, order: np.ndarray, grid: int, rope: str) -> StepTables:
+        return cls(positions_table(order, grid, rope), direction_ids(order))
+
+    def at(self, index: int, count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, direction) of input indices index .. index+count-1 (prefill: index 0)."""
+        return self.positions[index:index + count], self.directions[index:index + count]
+
+
+def step_feed(input_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray, write_index: int | np.ndarray
+              ) -> dict[str, np.ndarray]:
+    """The four step inputs as contiguous int64 arrays; ``write_index`` a scalar (same slot for every row)
+    or one slot per row."""
+    ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+    write = np.broadcast_to(np.asarray(write_index, dtype=np.int64), (ids.shape[0],))
+    return {INPUT_IDS: ids, POSITIONS: np.ascontiguousarray(positions, dtype=np.int64),
+            DIRECTION: np.ascontiguousarray(direction, dtype=np.int64),
+            WRITE_INDEX: np.ascontiguousarray(write)}
