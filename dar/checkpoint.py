@@ -77,6 +77,9 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
         raise DartrtError(f"{cfg_path} is not a dartrt checkpoint config")
     if meta.get("version") != VERSION:
         raise DartrtError(f"{cfg_path}: checkpoint version {meta.get('version')} is not supported (want {VERSION})")
+    if meta.get("family") == "d-ar":
+        raise DartrtError(f"{folder} is a D-AR checkpoint (GPT + diffusion tokenizer), which export and generate do "
+                          "not run yet; load it with dartrt.dar.d_ar.load_d_ar_checkpoint")
     try:
         cfg = ModelConfig.from_dict(meta["model"])
         vq_cfg = VQConfig.from_dict(meta["vq"])

@@ -32,6 +32,27 @@ def convert_llamagen(gpt_path, vq_path, preset, out):
     click.echo(f"wrote {out}")
 
 
+@convert.command("d-ar")
+@click.option("--tokenizer", "tokenizer_path", type=click.Path(), required=True,
+              help="D-AR tokenizer .pt (D-AR-tokenizer_v1.pt or a trainer checkpoint)")
+@click.option("--gpt", "gpt_path", type=click.Path(), required=True, help="D-AR GPT .pt (D-AR-L-360K.pt)")
+@click.option("--model", "preset", default="GPT-L", show_default=True,
+              help="GPT-B/L/XL/XXL/3B (depth and widths are read from the checkpoint)")
+@click.option("--gpt-weights", type=click.Choice(["model", "ema"]), default="model", show_default=True,
+              help="Which GPT weights to take (the public sampler takes 'model')")
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True)
+@one_line_errors
+def convert_d_ar(tokenizer_path, gpt_path, preset, gpt_weights, out):
+    """Import D-AR's tokenizer and GPT checkpoints (showlab/D-AR)."""
+    require(("torch", "safetensors"), "`dartrt convert`")
+    from dartrt.dar.d_ar import convert_d_ar as run
+
+    converted = run(tokenizer_path, gpt_path, preset, out, gpt_weights=gpt_weights)
+    for note in converted.notes:
+        click.echo(f"note: GPT {note}")
+    click.echo(f"wrote {out}")
+
+
 @click.command("export")
 @click.argument("source", required=False)
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Package folder to write.")
