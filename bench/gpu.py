@@ -87,7 +87,8 @@ def accelerator_section(ckpt, roofline: Roofline, info, batch_sizes, cfg: bool, 
     on a GPU the defaults capture a real CUDA graph and measure HBM with a device copy.
     """
     import torch
-    from dartrt.dar.backend import TorchBackend
+
+    from dartrt.dar.torch_backend import TorchBackend
 
     from .cuda_graph import cuda_capture
 
@@ -128,12 +129,12 @@ def _one_step(backend, info, batch: int, cfg: bool, write_index: int, labels: li
     import time
 
     from .cuda_graph import StaticDecodeStep
-    from .suite import Inputs, _fill
+    from .inputs import Inputs, fill_cache
 
     device = str(backend.device)
     inputs = Inputs(info, batch, cfg)
     rows = len(inputs.rows)
-    _fill(backend, inputs, write_index)
+    fill_cache(backend, inputs, write_index)
 
     def new_step(compiled: str | None) -> StaticDecodeStep:
         step = StaticDecodeStep(backend.model, backend.caches, backend.modulation, rows, inputs.positions.shape[1],

@@ -3,7 +3,7 @@
 Why several precisions in one run: at batch 1 a decode step is bound by the bytes of weights it
 reads, so an INT8 graph (a quarter of the fp32 weight bytes) is the main CPU lever, and its speed-up
 only means something against FP32 and torch timed in the same minute on the same machine. A
-precision is whatever `runtime.variants` lists for the package: a calibration variant (its own,
+precision is whatever `dartrt.runtime.precisions` lists for the package: a calibration variant (its own,
 hash-checked ``calibration/<graph>.<variant>.onnx``, written by `dartrt calibrate`) or the prepared
 FP16 graphs, opened by `open_package_backend(precision=...)`. Its roofline is counted from those
 same files, so the floor uses the precision's real weight bytes (INT8: about a quarter of fp32).
@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from dartrt.runtime.cfg import combine
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
-from dartrt.runtime.variants import FP32, Precision, list_precisions, precision_manifest, resolve_precision
+from dartrt.runtime.precisions import FP32, Precision, list_precisions, precision_manifest, resolve_precision
 
 ALL = "all"
 __all__ = ["ALL", "FP32", "FillTrace", "Precision", "open_precision", "resolve_precisions", "top1_agreement"]
@@ -42,7 +43,7 @@ def resolve_precisions(data: dict, requested, device: str, pkg: str | Path | Non
     """``requested`` names (``--precision``, repeatable) → the precisions to time, fp32 first.
 
     fp32 is always timed (every ratio is taken against it); ``all`` adds every precision the package
-    records (`runtime.variants.list_precisions`) that runs on ``device``: on the CPU that leaves out the
+    records (`runtime.precisions.list_precisions`) that runs on ``device``: on the CPU that leaves out the
     fp16-rest Q/DQ graphs made for TensorRT, on CUDA nothing (nodes the CUDA EP lacks run on the CPU
     and show as slow). Nothing requested = fp32 alone, as before variants existed."""
     names = [str(n) for n in requested or ()]

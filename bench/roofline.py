@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import onnx
+
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
 

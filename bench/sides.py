@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
 from dartrt.runtime.backend import Backend
 
 Call = Callable[[], object]

@@ -25,22 +25,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
-import json
 import os
 import platform
-import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+
 from dartrt.runtime.errors import DartrtError
-from dartrt.runtime.orders import direction_ids, make_order, positions_table
-from dartrt.runtime.package import Package
+from dartrt.runtime.manifest import Manifest
 from dartrt.runtime.scheduler import build_request, sample_tokens
 
 from . import gpu
 from .bandwidth import DEFAULT_BYTES, Bandwidth, cuda_copy_bandwidth, host_read_bandwidth
+from .inputs import Inputs, fill_cache
 from .precisions import FP32, FillTrace, open_precision, resolve_precisions, top1_agreement
 from .report import format_table, write_json_atomic
 from .roofline import Roofline, floor_seconds
@@ -49,37 +48,17 @@ from .timing import Stats, time_interleaved
 
 SCHEMA = "dartrt-bench/1"
 DEVICES = ("cpu", "cuda")
-PRESET_SOURCE = re.compile(r"^preset (?P<name>\S+) \(random weights\)$")
 SAME_MODEL_ATOL = 1e-3
 BURST_S = 2e-3  # short calls run in back-to-back bursts of about this long (see bench.timing)
 LOADED_PER_CPU = 0.25  # load average per usable CPU above which figures are not publishable
 Log = Callable[[str], None]
 
 
-# ---- the reference model ------------------------------------------------------------------------------
-def reference_checkpoint(manifest: dict, source: str | None):
-    """The torch model the package was exported from: ``source``, else the manifest's ``source``
-    (a checkpoint folder, or ``preset NAME (random weights)`` rebuilt with seed 0)."""
-    from dartrt.dar.checkpoint import random_checkpoint, resolve_source
+def _reference(manifest: Manifest, source: str | None):
+    """The torch model the package was exported from (`dartrt.dar.reference`)."""
+    from dartrt.dar.reference import reference_checkpoint
 
-    wanted = source if source is not None else manifest.get("source")
-    if not wanted:
-        raise DartrtError("the package records no source model; pass --source CHECKPOINT or --no-torch")
-    match = PRESET_SOURCE.match(str(wanted))
-    if match:
-        ckpt = random_checkpoint(match["name"], seed=0)
-    elif source is None and not Path(wanted).exists():
-        raise DartrtError(f"the package's source {wanted!r} is not on this machine; "
-                          "pass --source CHECKPOINT or --no-torch")
-    else:
-        ckpt = resolve_source(str(wanted))
-    have = json.loads(json.dumps(ckpt.config.to_dict()))
-    want = manifest.get("model", {})
-    diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-    if diff:
-        raise DartrtError(f"the reference {ckpt.source} is not the package's model (config differs in "
-                          f"{', '.join(diff[:4])}); pass the right --source or --no-torch")
-    return ckpt
+    return reference_checkpoint(manifest, source, hint="pass --source CHECKPOINT or --no-torch")
 
 
 @contextlib.contextmanager
@@ -107,44 +86,6 @@ def _stats(timings: dict[str, Stats]) -> dict[str, dict]:
 def _split(timings: dict[str, Stats], sides: list[Side]) -> tuple[dict[str, Stats], dict[str, Stats]]:
     """{label/api, label/graph} → ({label: api}, {label: graph})."""
     return ({s.label: timings[f"{s.label}/api"] for s in sides}, {s.label: timings[f"{s.label}/graph"] for s in sides})
-
-
-class Inputs:
-    """The numpy step inputs of one batch: rows (CFG doubled), positions, directions, filler tokens."""
-
-    def __init__(self, info, batch: int, cfg: bool, seed: int = 0) -> None:
-        order = make_order(info.order, info.grid_size)
-        self.positions = positions_table(order, info.grid_size, info.rope)
-        self.directions = direction_ids(order)
-        self.classes = np.arange(batch, dtype=np.int64) % info.num_classes
-        self.rows = (np.concatenate([self.classes, np.full_like(self.classes, info.num_classes)])
-                     if cfg else self.classes)
-        rng = np.random.default_rng(seed)
-        tokens = rng.integers(0, info.vocab_size, (batch, info.seq_len))
-        self.tokens = np.concatenate([tokens, tokens]) if cfg else tokens  # CFG feeds both halves alike
-        self.grids = rng.integers(0, info.vocab_size, (batch, info.grid_size, info.grid_size))
-
-    def step_args(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Inputs of the decode call at write index t: the token sampled at t - 1."""
-        return self.tokens[:, t - 1:t], self.positions[t:t + 1], self.directions[t:t + 1], t
-
-    def prefill_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.rows, self.positions[:1], self.directions[:1]
-
-
-def _fill(backend, inputs: Inputs, write_index: int, trace: FillTrace | None = None,
-          cfg_scale: float | None = None) -> np.ndarray:
-    """Prefill, then run the model up to ``write_index`` - 1 so the cache holds real keys/values;
-    returns the logits at ``write_index``. ``trace`` collects every call's argmax (the fill is
-    teacher-forced: every side is fed the same tokens), for the parity of a variant vs fp32."""
-    logits = backend.prefill(*inputs.prefill_args())
-    for t in range(1, write_index + 1):
-        if trace is not None:
-            trace.add(logits, cfg_scale)
-        logits = backend.step(*inputs.step_args(t))
-    if trace is not None:
-        trace.add(logits, cfg_scale)
-    return logits
 
 
 def _floors(roofline: Roofline, rows: int, write_index: int, bandwidth: float) -> dict:
@@ -190,7 +131,7 @@ def bench_batch(sides: list[Side], roofline: Roofline, info, batch: int, cfg_sca
 
     log(f"batch {batch}: decode step at write index {write_index}")
     traces = {s.label: FillTrace() for s in sides}
-    at_w = {s.label: _fill(s.backend, inputs, write_index, traces[s.label], cfg_scale) for s in sides}
+    at_w = {s.label: fill_cache(s.backend, inputs, write_index, traces[s.label], cfg_scale) for s in sides}
     cases = {}
     for s in sides:
         cases[f"{s.label}/api"] = lambda s=s: s.backend.step(*inputs.step_args(write_index))
@@ -282,7 +223,7 @@ def _check_args(batch_sizes, repeats: int, warmup: int, device: str, threads: in
 
 
 def _machine(threads: int) -> dict:
-    from dartrt.runtime.ort_backend import usable_cpus
+    from dartrt.runtime.sessions import usable_cpus
 
     versions = {"python": platform.python_version(), "numpy": np.__version__}
     with contextlib.suppress(ImportError):
@@ -331,14 +272,15 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
     onnxruntime sides next to FP32 (see `bench.precisions`). ``json_path`` is written atomically;
     ``echo`` gets the table, ``log`` the progress lines.
     """
-    from dartrt.runtime.ort_backend import OrtBackend, usable_cpus
+    from dartrt.runtime.ort_backend import OrtBackend
+    from dartrt.runtime.sessions import usable_cpus
 
     sizes = _check_args(batch_sizes, repeats, warmup, device, threads)
     log = log or (lambda _: None)
     threads = int(threads or usable_cpus())
     started, t0, load_before = _dt.datetime.now(_dt.timezone.utc), time.perf_counter(), os.getloadavg()
-    package = Package.open(pkg_dir)
-    manifest, info = package.view, package.info
+    manifest = Manifest.load(pkg_dir)
+    info = manifest.info
     roofline = Roofline.from_manifest(manifest)
     if info.seq_len < 3:
         raise DartrtError(f"{pkg_dir}: a {info.seq_len}-token model has no mid-sequence decode step to time")
@@ -355,17 +297,17 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
 
     if gpu_only:  # the GPU section alone: onnxruntime is never opened
         _check_gpu_only(use_torch, precisions)
-        ckpt = reference_checkpoint(package.manifest, source)
+        ckpt = _reference(manifest, source)
         with torch_threads(threads):
             accel = gpu_section(ckpt)
-        report = _report(package, sizes, repeats, warmup, cfg, cfg_scale, "cuda", threads, True, write_index,
+        report = _report(manifest, sizes, repeats, warmup, cfg, cfg_scale, "cuda", threads, True, write_index,
                          started, t0, load_before)
         report.update({"bandwidth": None, "backends": [], "variants": {}, "reference": {"source": ckpt.source},
                        "batches": [], "accelerator": accel})
         return _emit(report, json_path, echo)
-    chosen = resolve_precisions(package.manifest, precisions, device, pkg_dir)
+    chosen = resolve_precisions(manifest.data, precisions, device, pkg_dir)
 
-    ort = OrtBackend(manifest, providers=device, intra_op_threads=threads)
+    ort = OrtBackend(manifest, device=device, intra_op_threads=threads)
     sides = [Side(f"onnxruntime-{ort.device}", ort, OrtGraphCalls(ort))]
     reference, ckpt = None, None
     if use_torch:
@@ -373,11 +315,11 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
             import torch
         except ImportError:
             raise DartrtError("torch is not installed; pass --no-torch to bench onnxruntime alone") from None
-        from dartrt.dar.backend import TorchBackend
+        from dartrt.dar.torch_backend import TorchBackend
 
         if device == "cuda" and not torch.cuda.is_available():
             raise DartrtError("device cuda: torch sees no CUDA GPU")
-        ckpt = reference_checkpoint(package.manifest, source)
+        ckpt = _reference(manifest, source)
         reference_backend = TorchBackend(copy.deepcopy(ckpt), device=device)
         sides.append(Side(f"torch-{device}", reference_backend, TorchGraphCalls(reference_backend), engine="torch"))
         reference = {"source": ckpt.source}
@@ -400,7 +342,7 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
     if reference is not None:
         worst = max((v for b in batches for k, v in b["parity"].items() if k.endswith("max_abs")), default=0.0)
         reference.update({"max_abs_logits": worst, "same_model": worst <= SAME_MODEL_ATOL})
-    report = _report(package, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, write_index,
+    report = _report(manifest, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, write_index,
                      started, t0, load_before)
     report["settings"]["precisions"] = [p.name for p in chosen]
     report.update({
@@ -425,7 +367,7 @@ def _check_gpu_only(use_torch: bool, precisions) -> None:
         raise DartrtError("--gpu-only needs a CUDA GPU that torch sees (torch.cuda.is_available() is False)")
 
 
-def _report(package: Package, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, write_index,
+def _report(manifest: Manifest, sizes, repeats, warmup, cfg, cfg_scale, device, threads, use_torch, write_index,
             started, t0, load_before) -> dict:
     """The report's frame: what was benched, where, with which settings, and how loaded the host was."""
     load_after = os.getloadavg()
@@ -435,8 +377,8 @@ def _report(package: Package, sizes, repeats, warmup, cfg, cfg_scale, device, th
                     "loaded": load_before[0] > LOADED_PER_CPU * machine["usable_cpus"]})
     return {
         "schema": SCHEMA,
-        "package": str(package.dir.resolve()), "model": package.info.name,
-        "precision": package.view.precision,
+        "package": str(manifest.root.resolve()), "model": manifest.info.name,
+        "precision": manifest.precision,
         "started": started.isoformat(timespec="seconds"), "seconds": time.perf_counter() - t0,
         "machine": machine,
         "settings": {"batch_sizes": list(sizes), "repeats": repeats, "warmup": warmup, "cfg": cfg,

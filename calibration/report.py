@@ -31,46 +31,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from dartrt.runtime.backend import Backend
 from dartrt.runtime.cfg import combine
-from dartrt.runtime.orders import direction_ids, positions_table
+from dartrt.runtime.contract import LOGITS, StepTables, cfg_double, cfg_rows
+from dartrt.runtime.metrics import FP16_TOP1_MIN, TOP1_MIN, kl_divergence, top1_agreement
 from dartrt.runtime.scheduler import Request, build_request, sample_tokens
 
-AGREEMENT_TARGET = 0.95
-FP16_AGREEMENT_TARGET = 0.99
+AGREEMENT_TARGET = TOP1_MIN
+FP16_AGREEMENT_TARGET = FP16_TOP1_MIN
 ACCURACY_POINTS_TARGET = 2.0
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = np.asarray(logits, dtype=np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def kl_divergence(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
-    """KL(softmax(ref) ‖ softmax(test)) over the last axis, in float64; >= 0 up to rounding."""
-    lp, lq = log_softmax(ref), log_softmax(test)
-    return np.maximum((np.exp(lp) * (lp - lq)).sum(axis=-1), 0.0)
-
-
-def top1_agreement(ref: np.ndarray, test: np.ndarray) -> np.ndarray:
-    return (np.argmax(ref, axis=-1) == np.argmax(test, axis=-1)).astype(np.float64)
 
 
 def teacher_forced_logits(backend: Backend, request: Request, tokens: np.ndarray) -> np.ndarray:
     """Logits [T, R, V] of every step when ``tokens`` [n, T] (scan order) are fed, for one batch of
     all the request's images (R = 2n rows with CFG: cond rows, then null rows)."""
     info = backend.info
-    positions = positions_table(request.order, info.grid_size, info.rope)
-    directions = direction_ids(request.order)
-    classes = np.asarray(request.class_ids, dtype=np.int64)
+    tables = StepTables.of(request.order, info.grid_size, info.rope)
     use_cfg = request.cfg.enabled
-    rows = np.concatenate([classes, np.full_like(classes, info.num_classes)]) if use_cfg else classes
-    out = [backend.prefill(rows, positions[:1], directions[:1])]
+    out = [backend.prefill(cfg_rows(request.class_ids, info.num_classes, use_cfg), *tables.at(0))]
     for t in range(1, info.seq_len):
-        prev = tokens[:, t - 1:t]
-        prev = np.concatenate([prev, prev]) if use_cfg else prev
-        out.append(backend.step(prev, positions[t:t + 1], directions[t:t + 1], t))
+        out.append(backend.step(cfg_double(tokens[:, t - 1:t], use_cfg), *tables.at(t), t))
     return np.stack(out)
 
 
@@ -151,14 +132,14 @@ def step_latency(backend: Backend, images: int = 1, steps: int = 32, write_index
     """Milliseconds per decode step at ``images`` images with CFG (2·images rows), mid-sequence."""
     info = backend.info
     rows = 2 * images
-    order_pos = positions_table(build_request(backend, [0]).order, info.grid_size, info.rope)
+    tables = StepTables.native(info)
     t = write_index or info.seq_len // 2
-    backend.prefill(np.zeros(rows, dtype=np.int64), order_pos[:1], np.array([8]))
+    backend.prefill(np.zeros(rows, dtype=np.int64), *tables.at(0))
     ids = np.zeros((rows, 1), dtype=np.int64)
-    backend.step(ids, order_pos[t:t + 1], np.array([0]), t)  # warm-up
+    backend.step(ids, *tables.at(t), t)  # warm-up
     start = time.perf_counter()
     for _ in range(steps):
-        backend.step(ids, order_pos[t:t + 1], np.array([0]), t)
+        backend.step(ids, *tables.at(t), t)
     return 1000 * (time.perf_counter() - start) / steps
 
 
@@ -228,20 +209,14 @@ def trace_agreement(pkg: str | Path, graph_file: str | Path, graph: str = "decod
         evaluator = ReferenceEvaluator(str(path))
 
         def run(feed):
-            return evaluator.run(["logits"], feed)[0]
+            return evaluator.run([LOGITS], feed)[0]
     elif runner == "ort":
-        import onnxruntime as ort
-        from dartrt.runtime.ort_backend import exact_int8_gemms
+        from dartrt.runtime.sessions import REFERENCE, open_session
 
-        opts = exact_int8_gemms(ort.SessionOptions())
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = 1
-        opts.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-                                         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[optimization]
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = open_session(path, REFERENCE, optimization=optimization)
 
         def run(feed):
-            return session.run(["logits"], feed)[0]
+            return session.run([LOGITS], feed)[0]
     else:
         raise ValueError(f"unknown runner {runner!r}")
     top1, kl, worst = [], [], 0.0

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write_json
+from dartrt.runtime.manifest import Manifest
 
-from .backend import open_variant
 from .quantize import REPORT_SESSION_OPTIONS, QuantizeConfig, quantize_package
 from .report import (
     AGREEMENT_TARGET,
@@ -26,8 +27,9 @@ from .report import (
     step_latency,
     trace_agreement,
 )
-from .store import REPORT_FILE, atomic_json, package_manifest, update_calibration_entry
+from .store import REPORT_FILE, update_calibration_entry
 from .traceset import load_traces_manifest
+from .variant_backend import open_variant
 
 DEMO_MODEL = "DAR-demo"
 MAX_AUTO_KEEP = 3  # sublayer kinds; beyond that most of the weight bytes are high precision anyway
@@ -71,12 +73,12 @@ def _traces(pkg: Path, opts: CalibrateOptions, log) -> dict:
         try:
             meta = load_traces_manifest(pkg)
             log(f"  traces: reusing {meta['graphs']['decode']['samples']} decode samples")
-            return (package_manifest(pkg).get("calibration") or {}).get("traces") or {}
+            return (Manifest.read(pkg).data.get("calibration") or {}).get("traces") or {}
         except DartrtError:
             log("  traces: none to reuse, recording")
     import torch
 
-    from .traces import checkpoint_for_package, record_traces
+    from .recording import checkpoint_for_package, record_traces
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -92,7 +94,7 @@ def _demo_classifier(pkg: Path) -> Path | None:
     """The bundled classifier judges only the demo's 10 shape classes."""
     from dartrt.dar.checkpoint import BUNDLED
 
-    if package_manifest(pkg)["model"].get("name") != DEMO_MODEL or not (BUNDLED / "classifier.json").is_file():
+    if Manifest.read(pkg).data["model"].get("name") != DEMO_MODEL or not (BUNDLED / "classifier.json").is_file():
         return None
     return BUNDLED
 
@@ -101,7 +103,7 @@ def calibrate(pkg: str | Path, opts: CalibrateOptions, log=print) -> dict:
     """Run every stage; returns the report written to ``calibration/report.json``."""
     pkg = Path(pkg)
     start = time.perf_counter()
-    manifest = package_manifest(pkg)
+    manifest = Manifest.read(pkg).data
     report: dict = {"package": str(pkg), "model": manifest["model"].get("name"), "seed": opts.seed,
                     "images": opts.images, "targets": {"top1_guided": AGREEMENT_TARGET,
                                                        "fp16_top1_guided": FP16_AGREEMENT_TARGET,
@@ -163,7 +165,7 @@ def calibrate(pkg: str | Path, opts: CalibrateOptions, log=print) -> dict:
     elif opts.eval_n:
         report["image_quality"] = {"skipped": "only for the bundled demo model with its classifier"}
     report["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_json(pkg / REPORT_FILE, report)
+    atomic_write_json(pkg / REPORT_FILE, report)
     update_calibration_entry(pkg, "report", {"file": REPORT_FILE, "summary": summary(report)})
     return report
 

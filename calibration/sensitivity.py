@@ -18,12 +18,14 @@ from pathlib import Path
 
 import onnx
 
-from .backend import open_variant
+from dartrt.runtime.contract import DECODE
+from dartrt.runtime.manifest import Manifest
+
 from .graphinfo import GemmNode, exact, gemm_nodes, head_nodes
 from .quantize import QuantizeConfig, quantize_graph
 from .report import compare_logits, default_classes, reference_tokens, sig, teacher_forced_logits
-from .store import package_manifest
 from .traceset import load_traces
+from .variant_backend import open_variant
 
 
 @dataclass
@@ -83,7 +85,7 @@ def sensitivity(pkg: str | Path, cfg: QuantizeConfig, by: str = "group", images:
                 log=print) -> list[GroupCost]:
     """Quantize one group at a time; groups sorted by cost (highest KL first)."""
     pkg = Path(pkg)
-    src = pkg / package_manifest(pkg)["graphs"]["decode"]["file"]
+    src = Manifest.read(pkg).graph(DECODE).path
     model = onnx.load(str(src), load_external_data=False)
     groups = decode_groups(model, by)
     total = sum(g.weight_elems for nodes in groups.values() for g in nodes) or 1
@@ -103,7 +105,7 @@ def tradeoff(pkg: str | Path, cfg: QuantizeConfig, costs: list[GroupCost], by: s
              images: int = 4, seed: int = 0, log=print) -> list[dict]:
     """Everything INT8 except the ``k`` costliest groups, k = 0..max_kept: accuracy vs INT8 share."""
     pkg = Path(pkg)
-    src = pkg / package_manifest(pkg)["graphs"]["decode"]["file"]
+    src = Manifest.read(pkg).graph(DECODE).path
     traces = load_traces(pkg, "decode") if cfg.calibrated else None
     probe = _Probe(pkg, images, seed)
     model = onnx.load(str(src), load_external_data=False)

@@ -20,21 +20,21 @@ This module is numpy-only (onnxruntime on demand), so quantizing never imports t
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from dartrt.runtime.errors import DartrtError
 
-from .store import TRACES_DIR, atomic_write, read_json
+from dartrt.runtime.contract import LOGITS, MODULATION, PAST, STEP_INPUTS
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write, read_json_object, sha256_file
+
+from .store import TRACES_DIR
 
 TRACES_FORMAT = "dartrt-traces"
 TRACES_VERSION = 1
-STEP_INPUTS = ("input_ids", "positions", "direction", "write_index")
-MODULATION = "adaln_modulation"
-CACHE_PREFIX = "past_key_values."
+CACHE_PREFIX = f"{PAST}."
 META = ("_image", "_class", "_step", "_fill", "_ref_logits", "_modulation_index")
 
 
@@ -182,14 +182,6 @@ def pack(samples: list[Sample], input_names: list[str]) -> dict[str, np.ndarray]
     return arrays
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Uncompressed on purpose: float32 activations barely deflate, and the zeros are already cut."""
 
@@ -208,7 +200,7 @@ def load_traces_manifest(pkg: str | Path) -> dict:
     path = traces_dir(pkg) / "manifest.json"
     if not path.is_file():
         raise DartrtError(f"{pkg} has no calibration traces ({path} missing); run `dartrt calibrate` first")
-    data = read_json(path)
+    data = read_json_object(path)
     if data.get("format") != TRACES_FORMAT or data.get("version") != TRACES_VERSION:
         raise DartrtError(f"{path} is not a dartrt traces manifest of version {TRACES_VERSION}; re-record the traces")
     return data
@@ -223,7 +215,7 @@ def load_traces(pkg: str | Path, graph: str, check_hash: bool = True) -> TraceSe
     path = traces_dir(pkg) / entry["file"]
     if not path.is_file():
         raise DartrtError(f"calibration trace file missing: {path}")
-    if check_hash and sha256_of(path) != entry["sha256"]:
+    if check_hash and sha256_file(path) != entry["sha256"]:
         raise DartrtError(f"calibration trace file {path} is corrupt or was modified (sha256 mismatch)")
     with np.load(path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
@@ -235,15 +227,12 @@ def verify_traces(traces: TraceSet, graph_path: Path, count: int = 2, atol: floa
 
     This is what ties a trace set to a package: traces recorded from a different checkpoint (or with
     a mis-built cache) fail here with a clear error instead of silently calibrating wrong ranges."""
-    import onnxruntime as ort
+    from dartrt.runtime.sessions import REFERENCE, open_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(graph_path), opts, providers=["CPUExecutionProvider"])
+    session = open_session(graph_path, REFERENCE)
     worst = 0.0
     for i in range(min(count, len(traces))):
-        logits = session.run(["logits"], traces.sample(i))[0][:, -1]
+        logits = session.run([LOGITS], traces.sample(i))[0][:, -1]
         worst = max(worst, float(np.abs(logits - traces.arrays["_ref_logits"][i]).max()))
     if not worst <= atol:
         raise DartrtError(f"the {traces.graph} traces do not replay through {graph_path.name} (max-abs {worst:.3g} > "

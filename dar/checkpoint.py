@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from dartrt.models import DEMO
-from dartrt.runtime.errors import DartrtError
-from dartrt.runtime.fileio import atomic_write
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from dartrt.models import DEMO
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write, atomic_write_json
 
 from .config import ModelConfig, get_preset
 from .importers import load_checked
@@ -50,7 +51,7 @@ def save_checkpoint(folder: str | Path, model: Transformer, vq: VQDecoder, image
     atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p))
     vq_tensors = {k: v.detach().contiguous().cpu() for k, v in vq.state_dict().items()}
     atomic_write(folder / "vq.safetensors", lambda p: save_file(vq_tensors, p))
-    atomic_write(folder / "config.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write_json(folder / "config.json", meta)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -113,6 +114,11 @@ def vq_config_for(cfg: ModelConfig) -> tuple[VQConfig, int]:
     return vq, cfg.grid_size * vq.downsample
 
 
+def preset_source(name: str) -> str:
+    """How a preset with random weights is recorded as a package's source (`dar.reference` parses it)."""
+    return f"preset {name} (random weights)"
+
+
 def random_checkpoint(preset: str, seed: int = 0) -> Checkpoint:
     """A preset with random weights (and a VQ whose codebook is the model's frozen codebook)."""
     cfg = get_preset(preset)
@@ -123,7 +129,7 @@ def random_checkpoint(preset: str, seed: int = 0) -> Checkpoint:
     if cfg.token_embedding == "codebook_mlp":
         with torch.no_grad():
             model.tok_codebook.copy_(vq.quantize.embedding.weight)
-    return Checkpoint(model, vq, image_size, f"preset {preset} (random weights)")
+    return Checkpoint(model, vq, image_size, preset_source(preset))
 
 
 def resolve_source(source: str | None) -> Checkpoint:

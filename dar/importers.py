@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from dartrt.dar.vq import VQConfig, VQDecoder, build_vq_decoder
 from dartrt.runtime.errors import DartrtError
-from torch import nn
 
 __all__ = [
     "DartrtError",

@@ -15,8 +15,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from dartrt.runtime.orders import NUM_DIRECTIONS
 from torch import nn
+
+from dartrt.runtime.orders import NUM_DIRECTIONS
 
 from .config import ModelConfig
 from .rope import apply_rope, gather_cos_sin, rope_tables

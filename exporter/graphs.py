@@ -1,21 +1,17 @@
 """The modules that become ONNX graphs: flat tensor signatures around the reference model.
 
-The graph I/O follows Optimum's names (`input_ids`, `past_key_values.{i}.key`, `present.{i}.key`,
-`logits`), with dartrt's step inputs (`positions`, `direction`, `write_index`) and, for AdaLN models,
-the per-image modulation table `adaln_modulation` that prefill computes and every decode step gathers.
+Their argument and result order is `dartrt.runtime.contract.graph_io`'s (Optimum's names for the
+tokens, caches and logits, plus dartrt's step inputs and, for AdaLN models, the per-image modulation
+table that prefill computes and every decode step gathers); the exporter names them from there.
 """
 
 from __future__ import annotations
 
 import torch
-from dartrt.dar.model import Transformer
-from dartrt.dar.vq import VQDecoder
 from torch import nn
 
-
-def cache_names(n_layer: int, prefix: str) -> list[str]:
-    """past_key_values.{i}.key/value or present.{i}.key/value, layer by layer."""
-    return [f"{prefix}.{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]
+from dartrt.dar.model import Transformer
+from dartrt.dar.vq import VQDecoder
 
 
 def _pairs(flat: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,8 +1,8 @@
 """One graph out of PyTorch: dynamo export at a pinned opset, then checked before anyone trusts it.
 
 The dynamo exporter silently writes invalid files at opset 17 and at 26 and above, so the opset is
-pinned to 18–25 and every file is verified: `onnx.checker` (full check, path-based so external data
-works), shape inference, and a real onnxruntime run against the eager module.
+pinned (`dartrt.graphs.onnxfile`) and every file is verified: `onnx.checker` (full check, path-based so
+external data works), shape inference, and a real onnxruntime run against the eager module.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
-from dartrt.graphs.check import value_specs
-from dartrt.runtime.errors import DartrtError
 
-MIN_OPSET, MAX_OPSET = 18, 25
+from dartrt.graphs.check import value_specs
+from dartrt.graphs.onnxfile import INLINE_BYTES, check_opset
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write
+from dartrt.runtime.metrics import max_abs
+
 
 @dataclass
 class ExportedGraph:
@@ -37,9 +39,7 @@ def export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: 
                  output_names: list[str], dynamic_shapes, opset: int, external_data: bool,
                  check_args: list[tuple], atol: float) -> ExportedGraph:
     """Export ``module`` to ``path`` and verify it on every tuple of ``check_args``."""
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise DartrtError(f"opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}: the dynamo exporter writes broken "
-                          "files at 17 and at 26 and above")
+    check_opset(opset)
     start = time.perf_counter()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -58,7 +58,7 @@ def export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: 
     return ExportedGraph(path, value_specs(proto.graph.input), value_specs(proto.graph.output), seconds, err)
 
 
-def inline_small_tensors(path: Path, threshold: int = 1024) -> None:
+def inline_small_tensors(path: Path, threshold: int = INLINE_BYTES) -> None:
     """Move tiny initializers (split sizes, shapes) from the external data file back into the proto.
 
     The dynamo exporter externalises every initializer. Shape inference, and so ``onnx.checker``'s full
@@ -81,25 +81,16 @@ def inline_small_tensors(path: Path, threshold: int = 1024) -> None:
         tensor.data_location = onnx.TensorProto.DEFAULT
         changed = True
     if changed:
-        tmp = path.with_name(f".{path.name}.inline")
-        onnx.save(proto, str(tmp))
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: onnx.save(proto, tmp))
 
 
 def check_with_onnxruntime(module: torch.nn.Module, path: Path, input_names: list[str],
                            check_args: list[tuple], atol: float) -> float:
     """Run the file in onnxruntime (CPU) on each args tuple; every output must match eager."""
-    import onnxruntime as ort
+    from dartrt.runtime.sessions import CHECK, open_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # The check is about numbers, not speed: no weight pre-packing, no arena and only basic rewrites,
-    # so a multi-GB graph costs one copy of its weights (DAR-XL must check on a 24 GB machine).
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.enable_cpu_mem_arena = False
-    opts.add_session_config_entry("session.disable_prepacking", "1")
     gc.collect()
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    session = open_session(path, CHECK)
     worst = 0.0
     for args in check_args:
         feed = {name: a.detach().cpu().numpy() for name, a in zip(input_names, args)}
@@ -111,7 +102,7 @@ def check_with_onnxruntime(module: torch.nn.Module, path: Path, input_names: lis
             w = w.detach().float().cpu().numpy()
             if g.shape != w.shape:
                 raise DartrtError(f"{path.name}: output {out_info.name} has shape {g.shape}, expected {w.shape}")
-            err = float(np.abs(g.astype(np.float64) - w).max()) if g.size else 0.0
+            err = max_abs(w, g)
             worst = max(worst, err)
             if not err <= atol:
                 raise DartrtError(f"{path.name}: onnxruntime output {out_info.name} differs from torch by {err:.3g} "

@@ -15,16 +15,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from dartrt.dar.checkpoint import Checkpoint
-from dartrt.runtime.errors import DartrtError
-from dartrt.runtime.orders import direction_ids, make_order, positions_table
 
-from .graphs import DecodeGraph, PrefillGraph, VQDecoderGraph, cache_names
+import dartrt
+from dartrt.dar.checkpoint import Checkpoint
+from dartrt.graphs.onnxfile import EXTERNAL_DATA_BYTES, OPSET
+from dartrt.runtime.contract import (
+    BATCH_DIM,
+    DECODE,
+    PREFILL,
+    SEQ_DIM,
+    STEP_INPUTS,
+    VQ_DECODER,
+    StepTables,
+    graph_io,
+)
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.orders import make_order
+
+from .graphs import DecodeGraph, PrefillGraph, VQDecoderGraph
 from .onnx_export import ExportedGraph, export_graph
 
-DEFAULT_OPSET = 24
-# Above this many weight bytes a graph is written with external data (protobuf stops at 2 GiB).
-EXTERNAL_DATA_BYTES = 1 << 30
 # fp32 ORT against eager torch, per output, on the export check (the parity suite is stricter-reported).
 EXPORT_ATOL = 1e-4
 
@@ -40,7 +50,7 @@ def _producer() -> dict:
     import onnx
     import onnxscript
 
-    versions = {"dartrt": "0.1.0", "torch": torch.__version__, "onnx": onnx.__version__,
+    versions = {"dartrt": dartrt.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                 "onnxscript": onnxscript.__version__, "python": platform.python_version()}
     try:
         import onnxruntime
@@ -55,9 +65,8 @@ def _step_args(model, rows: int, seq: int, write: int, seed: int, prefill: bool)
     """Valid, non-trivial graph inputs: real positions/directions of the model's order, random caches."""
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed)
-    order = make_order(cfg.order, cfg.grid_size)
-    pos = torch.from_numpy(positions_table(order, cfg.grid_size, cfg.rope))[write:write + seq]
-    dirs = torch.from_numpy(direction_ids(order))[write:write + seq]
+    pos, dirs = (torch.from_numpy(a) for a in StepTables.of(make_order(cfg.order, cfg.grid_size), cfg.grid_size,
+                                                            cfg.rope).at(write, seq))
     shape = (rows, cfg.n_head, cfg.seq_len, cfg.head_dim)
     past = [torch.randn(shape, generator=g) * 0.5 for _ in range(2 * cfg.n_layer)]
     write_index = torch.full((rows,), write, dtype=torch.long)
@@ -76,42 +85,45 @@ def _weight_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
-def export_decoder_graphs(model, folder: Path, opset: int, check: bool = True,
+def export_decoder_graphs(model, folder: Path, opset: int = OPSET, check: bool = True,
                           external_data: bool | None = None) -> dict[str, ExportedGraph]:
     """prefill.onnx and decode.onnx, with batch (and decode's S) dynamic and T_max static.
 
     torch.export specialises dims that are 0 or 1 in the example inputs, so the examples use
     batch 4 and S 3 (prefill's prefix length of 1 is meant to be static)."""
     cfg = model.cfg
-    n_layer = cfg.n_layer
-    past_in, present_out = cache_names(n_layer, "past_key_values"), cache_names(n_layer, "present")
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    seq = torch.export.Dim("seq", min=1, max=cfg.seq_len)
+    batch = torch.export.Dim(BATCH_DIM, min=1, max=1024)
+    seq = torch.export.Dim(SEQ_DIM, min=1, max=cfg.seq_len)
     external = _weight_bytes(model) > EXTERNAL_DATA_BYTES if external_data is None else external_data
-    cache_dims = tuple({0: batch} for _ in past_in)
     out: dict[str, ExportedGraph] = {}
 
-    prefill_in = ["input_ids", "positions", "direction", "write_index", *past_in]
-    prefill_out = ["logits", *(["adaln_modulation"] if cfg.adaln else []), *present_out]
-    checks = [_step_args(model, r, 1, 0, seed, prefill=True) for seed, r in enumerate((2, 1, 5))] if check else []
-    out["prefill"] = export_graph(
-        PrefillGraph(model), _step_args(model, 4, 1, 0, 0, prefill=True), folder / "prefill.onnx",
-        prefill_in, prefill_out, ({0: batch}, None, None, {0: batch}, cache_dims), opset, external,
-        checks, EXPORT_ATOL)
+    def dims(graph: str, step: dict) -> tuple:
+        """dynamic_shapes for forward(*STEP_INPUTS, *rest): the four step inputs' dims from ``step``, then
+        one tuple for the varargs (the AdaLN table and every cache: batch-dynamic, T_max static)."""
+        rest = graph_io(graph, cfg.n_layer, cfg.adaln).inputs[len(STEP_INPUTS):]
+        return tuple(step[n] for n in STEP_INPUTS) + (tuple({0: batch} for _ in rest),)
 
-    decode_in = ["input_ids", "positions", "direction", "write_index",
-                 *(["adaln_modulation"] if cfg.adaln else []), *past_in]
-    rest = (({0: batch},) if cfg.adaln else ()) + cache_dims
+    io = graph_io(PREFILL, cfg.n_layer, cfg.adaln)
+    checks = [_step_args(model, r, 1, 0, seed, prefill=True) for seed, r in enumerate((2, 1, 5))] if check else []
+    out[PREFILL] = export_graph(
+        PrefillGraph(model), _step_args(model, 4, 1, 0, 0, prefill=True), folder / "prefill.onnx",
+        list(io.inputs), list(io.outputs),
+        dims(PREFILL, {"input_ids": {0: batch}, "positions": None, "direction": None, "write_index": {0: batch}}),
+        opset, external, checks, EXPORT_ATOL)
+
+    io = graph_io(DECODE, cfg.n_layer, cfg.adaln)
     checks = [_step_args(model, r, s, w, 10 + i, prefill=False)
               for i, (r, s, w) in enumerate(((2, 1, 1), (1, 1, cfg.seq_len - 1), (3, 4, 7)))] if check else []
-    out["decode"] = export_graph(
+    out[DECODE] = export_graph(
         DecodeGraph(model), _step_args(model, 4, 3, 5, 1, prefill=False), folder / "decode.onnx",
-        decode_in, ["logits", *present_out], ({0: batch, 1: seq}, {0: seq}, {0: seq}, {0: batch}, rest),
+        list(io.inputs), list(io.outputs),
+        dims(DECODE, {"input_ids": {0: batch, 1: seq}, "positions": {0: seq}, "direction": {0: seq},
+                      "write_index": {0: batch}}),
         opset, external, checks, EXPORT_ATOL)
     return out
 
 
-def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, opset: int = DEFAULT_OPSET,
+def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, opset: int = OPSET,
                    check: bool = True, log=print, external_data: bool | None = None) -> ExportReport:
     """Export ``ckpt`` to the package folder ``out`` (atomic; refuses to overwrite without force).
 
@@ -130,9 +142,9 @@ def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, op
         graphs = export_decoder_graphs(model, tmp, opset, check, external_data)
         for name, g in graphs.items():
             log(f"  {name}: exported in {g.seconds:.1f}s, onnxruntime vs torch max-abs {g.max_abs_err:.2e}")
-        graphs["vq_decoder"] = export_vq(ckpt, tmp, opset, check)
-        log(f"  vq_decoder: exported in {graphs['vq_decoder'].seconds:.1f}s, "
-            f"max-abs {graphs['vq_decoder'].max_abs_err:.2e}")
+        graphs[VQ_DECODER] = export_vq(ckpt, tmp, opset, check)
+        log(f"  vq_decoder: exported in {graphs[VQ_DECODER].seconds:.1f}s, "
+            f"max-abs {graphs[VQ_DECODER].max_abs_err:.2e}")
         cfg = model.cfg
         manifest = {
             "model": cfg.to_dict(), "vq": ckpt.vq.config.to_dict(), "image_size": ckpt.image_size,
@@ -143,7 +155,7 @@ def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, op
             "adaln_modulation": {"width": model.modulation_width} if cfg.adaln else None,
             "graphs": {name: {"file": g.path.name, "inputs": g.inputs, "outputs": g.outputs}
                        for name, g in graphs.items()},
-            "export_check": {name: {"max_abs_err": g.max_abs_err, "atol": EXPORT_ATOL if name != "vq_decoder"
+            "export_check": {name: {"max_abs_err": g.max_abs_err, "atol": EXPORT_ATOL if name != VQ_DECODER
                                     else VQ_ATOL} for name, g in graphs.items()},
             "source": ckpt.source,
             "producer": _producer(),

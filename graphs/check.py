@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
+
 from dartrt.runtime.errors import DartrtError
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
+from dartrt.runtime.contract import LOGITS
+from dartrt.runtime.metrics import kl_divergence, max_abs, top1_agreement
+from dartrt.runtime.sessions import REFERENCE, open_session, run_named
 
 from .feeds import Feed, cast_feed, graph_inputs
 
@@ -34,51 +36,25 @@ class Drift:
             "top1_agreement": round(self.top1_agreement, 6), "feeds": self.feeds}
 
 
-def cpu_session(path: str | Path):
-    """A single-threaded CPU session: the build machine shares its cores, and CPU numbers are
-    the reproducible reference."""
-    import onnxruntime as ort
-    from dartrt.runtime.ort_backend import exact_int8_gemms
-
-    opts = exact_int8_gemms(ort.SessionOptions())  # graphs may be INT8 variants
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def kl_divergence(ref_logits: np.ndarray, logits: np.ndarray) -> float:
-    """Mean over positions of KL(softmax(ref) || softmax(candidate)), in nats."""
-    p, q = log_softmax(ref_logits), log_softmax(logits)
-    return float((np.exp(p) * (p - q)).sum(-1).mean())
-
-
 def compare_graphs(reference: str | Path, candidate: str | Path, feeds: list[Feed]) -> Drift:
     """Max-abs difference per output (cast to float64) and, for ``logits``, KL and top-1 agreement."""
-    ref_s, cand_s = cpu_session(reference), cpu_session(candidate)
+    ref_s, cand_s = open_session(reference, REFERENCE), open_session(candidate, REFERENCE)
     ref_specs, cand_specs = graph_inputs(reference), graph_inputs(candidate)
     drift = Drift()
     kls, agree, total = [], 0, 0
     for feed in feeds:
-        ref_out = dict(zip([o.name for o in ref_s.get_outputs()], ref_s.run(None, cast_feed(feed, ref_specs))))
-        cand_out = dict(zip([o.name for o in cand_s.get_outputs()], cand_s.run(None, cast_feed(feed, cand_specs))))
+        ref_out = run_named(ref_s, cast_feed(feed, ref_specs))
+        cand_out = run_named(cand_s, cast_feed(feed, cand_specs))
         for name, want in ref_out.items():
             got = cand_out[name]
             if got.shape != want.shape:
                 drift.max_abs[name] = float("inf")
                 continue
-            err = float(np.abs(got.astype(np.float64) - want.astype(np.float64)).max()) if got.size else 0.0
-            drift.max_abs[name] = max(drift.max_abs.get(name, 0.0), err)
-        if "logits" in ref_out and ref_out["logits"].shape == cand_out["logits"].shape:
-            want, got = ref_out["logits"], cand_out["logits"]
-            kls.append(kl_divergence(want, got))
-            agree += int((want.argmax(-1) == got.argmax(-1)).sum())
+            drift.max_abs[name] = max(drift.max_abs.get(name, 0.0), max_abs(want, got))
+        if LOGITS in ref_out and ref_out[LOGITS].shape == cand_out[LOGITS].shape:
+            want, got = ref_out[LOGITS], cand_out[LOGITS]
+            kls.append(float(kl_divergence(want, got).mean()))
+            agree += int(top1_agreement(want, got).sum())
             total += want[..., 0].size
     drift.feeds = len(feeds)
     drift.logits_kl = max(kls, default=0.0)

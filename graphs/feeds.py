@@ -14,9 +14,28 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+
+from dartrt.runtime.contract import (
+    BATCH_DIM,
+    DECODE,
+    DIRECTION,
+    INPUT_IDS,
+    LOGITS,
+    MODULATION,
+    POSITIONS,
+    PREFILL,
+    PRESENT,
+    SEQ_DIM,
+    TOKEN_GRID,
+    WRITE_INDEX,
+    StepTables,
+    is_cache,
+    past_name,
+    step_feed,
+)
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
-from dartrt.runtime.orders import direction_ids, make_order, positions_table
+from dartrt.runtime.sessions import REFERENCE, open_session, run_named
 
 Feed = dict[str, np.ndarray]
 NP_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
@@ -53,49 +72,36 @@ def cast_feed(feed: Feed, specs: list[InputSpec]) -> Feed:
     return {s.name: np.ascontiguousarray(feed[s.name], dtype=s.dtype) for s in specs if s.name in feed}
 
 
-class _Tables:
-    """Positions and direction ids of the model's default scan order."""
-
-    def __init__(self, manifest: Manifest) -> None:
-        model = manifest.data["model"]
-        grid = int(model["grid_size"])
-        order = make_order(model["order"], grid)
-        self.positions = positions_table(order, grid, model["rope"])
-        self.directions = direction_ids(order)
-        self.n_classes = int(model["num_classes"])
-        self.vocab = int(model["vocab_size"])
-        self.seq_len = grid * grid
-
-
 def random_feed(manifest: Manifest, graph: str, specs: list[InputSpec], *, rows: int = 2, seq: int = 1,
                 write: int = 1, seed: int = 0) -> Feed:
     """Valid inputs with random content for ``graph`` (prefill, decode or vq_decoder): real position
     rows at ``write``, caches ~N(0, 0.5²). Prefill always writes its one class token at slot 0."""
-    tables = _Tables(manifest)
-    prefill = graph == "prefill"
+    info = manifest.info
+    tables = StepTables.native(info)
+    prefill = graph == PREFILL
     if prefill:
         seq, write = 1, 0
-    if not 0 <= write <= tables.seq_len - seq:
-        raise DartrtError(f"write index {write} with {seq} tokens does not fit T_max {tables.seq_len}")
+    if not 0 <= write <= info.seq_len - seq:
+        raise DartrtError(f"write index {write} with {seq} tokens does not fit T_max {info.seq_len}")
     rng = np.random.default_rng(seed)
     feed: Feed = {}
     for s in specs:
-        dims = [rows if d == "batch" else seq if d == "seq" else d for d in s.shape]
+        dims = [rows if d == BATCH_DIM else seq if d == SEQ_DIM else d for d in s.shape]
         if any(not isinstance(d, int) for d in dims):
             raise DartrtError(f"input {s.name} has a symbolic dim this checker cannot size: {s.shape}")
-        if s.name == "input_ids":
-            high = tables.n_classes + 1 if prefill else tables.vocab
+        if s.name == INPUT_IDS:
+            high = info.num_classes + 1 if prefill else info.vocab_size
             feed[s.name] = rng.integers(0, high, dims)
-        elif s.name == "positions":
+        elif s.name == POSITIONS:
             feed[s.name] = tables.positions[write:write + dims[0]]
-        elif s.name == "direction":
+        elif s.name == DIRECTION:
             feed[s.name] = tables.directions[write:write + dims[0]]
-        elif s.name == "write_index":
+        elif s.name == WRITE_INDEX:
             feed[s.name] = np.full(dims, write, dtype=np.int64)
-        elif s.name == "token_grid":
-            codes = int(manifest.data.get("vq", {}).get("codebook_size", tables.vocab))
+        elif s.name == TOKEN_GRID:
+            codes = int(manifest.data.get("vq", {}).get("codebook_size", info.vocab_size))
             feed[s.name] = rng.integers(0, codes, dims)
-        elif s.name.startswith("past_key_values.") or s.name == "adaln_modulation":
+        elif is_cache(s.name) or s.name == MODULATION:
             feed[s.name] = rng.standard_normal(dims).astype(np.float32) * 0.5
         else:
             raise DartrtError(f"input {s.name} is not a dartrt step input; cannot make a feed for it")
@@ -118,40 +124,36 @@ def greedy_rollout(manifest: Manifest, prefill: str | Path, decode: str | Path, 
     between steps as the runtime would. The feeds of the decode steps listed in ``record`` (and the
     prefill feed) are returned, which is what makes them *real* step inputs for other passes.
     """
-    from .compare import cpu_session
-
-    tables = _Tables(manifest)
-    n_steps = tables.seq_len - 1 if n_steps is None else min(n_steps, tables.seq_len - 1)
+    info = manifest.info
+    tables = StepTables.native(info)
+    n_steps = info.seq_len - 1 if n_steps is None else min(n_steps, info.seq_len - 1)
     rows = len(classes)
-    sessions = {"prefill": cpu_session(prefill), "decode": cpu_session(decode)}
-    specs = {"prefill": graph_inputs(prefill), "decode": graph_inputs(decode)}
-    feed = random_feed(manifest, "prefill", specs["prefill"], rows=rows)
-    feed["input_ids"] = np.asarray(classes, dtype=np.int64)[:, None]
+    sessions = {PREFILL: open_session(prefill, REFERENCE), DECODE: open_session(decode, REFERENCE)}
+    specs = {PREFILL: graph_inputs(prefill), DECODE: graph_inputs(decode)}
+    feed = random_feed(manifest, PREFILL, specs[PREFILL], rows=rows)
+    feed[INPUT_IDS] = np.asarray(classes, dtype=np.int64)[:, None]
     for name in feed:
-        if name.startswith("past_key_values."):
+        if is_cache(name):
             feed[name] = np.zeros_like(feed[name])
-    recorded: dict[str, list[Feed]] = {"prefill": [feed], "decode": []}
-    out = _run(sessions["prefill"], feed)
-    caches = {n.replace("present.", "past_key_values."): v for n, v in out.items() if n.startswith("present.")}
-    modulation = out.get("adaln_modulation")
-    tokens = [out["logits"][:, -1].argmax(-1)]
+    recorded: dict[str, list[Feed]] = {PREFILL: [feed], DECODE: []}
+    out = run_named(sessions[PREFILL], feed)
+    modulation = out.get(MODULATION)
+    tokens = [out[LOGITS][:, -1].argmax(-1)]
     for t in range(1, n_steps + 1):
-        step: Feed = {"input_ids": tokens[-1][:, None].astype(np.int64), "positions": tables.positions[t:t + 1],
-                      "direction": tables.directions[t:t + 1], "write_index": np.full(rows, t, dtype=np.int64),
-                      **caches}
+        step: Feed = {**step_feed(tokens[-1][:, None], *tables.at(t), t), **_caches(out)}
         if modulation is not None:
-            step["adaln_modulation"] = modulation
-        step = cast_feed(step, specs["decode"])
+            step[MODULATION] = modulation
+        step = cast_feed(step, specs[DECODE])
         if t in record:
-            recorded["decode"].append({k: v.copy() for k, v in step.items()})
-        out = _run(sessions["decode"], step)
-        caches = {n.replace("present.", "past_key_values."): v for n, v in out.items() if n.startswith("present.")}
-        tokens.append(out["logits"][:, -1].argmax(-1))
+            recorded[DECODE].append({k: v.copy() for k, v in step.items()})
+        out = run_named(sessions[DECODE], step)
+        tokens.append(out[LOGITS][:, -1].argmax(-1))
     return Rollout(np.stack(tokens, axis=1), recorded)
 
 
-def _run(session, feed: Feed) -> dict[str, np.ndarray]:
-    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+def _caches(outputs: dict[str, np.ndarray]) -> Feed:
+    """A step's present caches, named as the next step's past inputs."""
+    return {past_name(n): v for n, v in outputs.items() if n.startswith(f"{PRESENT}.")}
 
 
 def decode_trace(manifest: Manifest, *, rows: int = 2, steps: tuple[int, ...] = (1, 2, 3, 8),
@@ -162,11 +164,11 @@ def decode_trace(manifest: Manifest, *, rows: int = 2, steps: tuple[int, ...] = 
     Returns {"prefill": [its feed], "decode": [the feed of each step in ``steps``]}. Only up to
     max(steps) decode steps run, so the trace stays cheap on big models.
     """
-    tables = _Tables(manifest)
-    steps = tuple(sorted({s for s in steps if 1 <= s < tables.seq_len}))
+    info = manifest.info
+    steps = tuple(sorted({s for s in steps if 1 <= s < info.seq_len}))
     rng = np.random.default_rng(seed)
-    cond = rng.integers(0, tables.n_classes, (rows + 1) // 2)
-    classes = np.concatenate([cond, np.full(rows - len(cond), tables.n_classes)])
-    rollout = greedy_rollout(manifest, manifest.graph("prefill").path, manifest.graph("decode").path, classes,
+    cond = rng.integers(0, info.num_classes, (rows + 1) // 2)
+    classes = np.concatenate([cond, np.full(rows - len(cond), info.num_classes)])
+    rollout = greedy_rollout(manifest, manifest.graph(PREFILL).path, manifest.graph(DECODE).path, classes,
                              n_steps=max(steps, default=0), record=steps)
     return rollout.feeds

@@ -35,12 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from dartrt.runtime.errors import DartrtError
 from onnx import TensorProto, helper
+
+from dartrt.runtime.errors import DartrtError
 
 from .check import ONNX_DTYPES, check_graph, load_inferred
 from .feeds import Feed
-from .io import save_model
+from .onnxfile import save_model
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 NORM_OPS = ("RMSNormalization", "LayerNormalization")

@@ -5,7 +5,7 @@ under `prepared["<name>.<precision>"]`, next to (never instead of) the exported 
 exports stay the reference every later step is compared with, and the onnxruntime backend keeps
 running them. Each entry says where the file came from (source file and sha256), what every pass did
 and measured, the I/O dtypes (an fp16 entry has fp16 KV-cache I/O: `kv_cache_dtype`), and the op
-report for the target TensorRT. The manifest is rewritten atomically by `write_manifest`, which also
+report for the target TensorRT. The manifest is rewritten atomically (`Manifest.write`), which also
 re-hashes the new files.
 
 FP16 applies to the decoder graphs (prefill, decode). The VQ decoder runs once per image, off the
@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from dartrt.runtime.contract import ALL_GRAPHS, DECODER_GRAPHS
 from dartrt.runtime.errors import DartrtError
-from dartrt.runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
+from dartrt.runtime.fileio import sha256_file
+from dartrt.runtime.manifest import Manifest
 
 from .check import check_graph, io_specs
 from .compare import compare_graphs
@@ -33,8 +36,6 @@ from .simplify import simplify_graph
 from .trt_support import DEFAULT_TRT, UNSUPPORTED, load_op_table, report, summarize
 
 PRECISIONS = ("fp32", "fp16")
-DECODER_GRAPHS = ("prefill", "decode")
-ALL_GRAPHS = ("prefill", "decode", "vq_decoder")
 PREPARED_DIR = "graphs"
 # Sequence-level FP16 check: greedy tokens of the fp16 pair against the fp32 pair, this many steps.
 SEQUENCE_CHECK_STEPS = 64
@@ -139,11 +140,9 @@ def prepare_package(pkg: Path, precision: str, *, graphs: tuple[str, ...], trt: 
             result.graphs[prepared_key("decode", "fp16")].entry["fp16"]["sequence_check"] = seq
             log(f"  fp16 greedy tokens identical to fp32: {seq['tokens_identical']:.4f} "
                 f"({seq['rows']} rows × {seq['steps']} steps)")
-        data = load_manifest(pkg)
-        prepared = dict(data.get("prepared") or {})
-        prepared.update({key: g.entry for key, g in result.graphs.items()})
-        data["prepared"] = prepared
-        write_manifest(pkg, data)
+        manifest = Manifest.load(pkg)  # its files as they are now (unchanged ones are not hashed again)
+        prepared = {**(manifest.data.get("prepared") or {}), **{key: g.entry for key, g in result.graphs.items()}}
+        manifest.write({**manifest.data, "prepared": prepared})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.seconds = time.perf_counter() - start

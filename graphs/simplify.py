@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+
 from dartrt.runtime.errors import DartrtError
 
 from .check import check_graph
 from .compare import compare_graphs
 from .feeds import Feed
-from .io import save_model
+from .onnxfile import save_model
 
 # fp32 reassociation after folding; the exporter's own ORT-vs-torch check uses the same bound.
 SIMPLIFY_ATOL = 1e-4

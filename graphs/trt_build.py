@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dartrt.runtime.errors import DartrtError
-from dartrt.runtime.fileio import atomic_write_bytes
-from dartrt.runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
-from dartrt.runtime.variants import CALIBRATE_FLAGS, ENGINE_PRECISIONS
+from dartrt.runtime.fileio import atomic_write_bytes, sha256_file
+from dartrt.runtime.manifest import Manifest
+from dartrt.runtime.precisions import CALIBRATE_FLAGS, ENGINE_PRECISIONS
 
 from .prepare import ALL_GRAPHS, DECODER_GRAPHS, prepare, prepared_key
 
@@ -105,16 +105,13 @@ class EngineReport:
     path: Path
     entry: dict
     seconds: float = 0.0
+    manifest: Manifest | None = None  # the package's manifest with this engine recorded
 
 
 @dataclass
 class BuildReport:
     package: Path
     engines: dict[str, EngineReport] = field(default_factory=dict)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
 
 
 def default_variant(data: dict, precision: str, log=print) -> str:
@@ -131,13 +128,14 @@ def default_variant(data: dict, precision: str, log=print) -> str:
     return candidates[1]
 
 
-def _calibrated_entry(pkg: Path, graph: str, variant: str) -> dict:
+def _calibrated_entry(manifest: Manifest, graph: str, variant: str) -> dict:
     """The Q/DQ graph of calibration variant ``variant`` (manifest `calibration.variants`), checked and
     reported like a prepared graph: calibration/ writes it, this build only reads it."""
     from .check import check_graph, io_specs
     from .trt_support import report, summarize
 
-    variants = (load_manifest(pkg).get("calibration") or {}).get("variants") or {}
+    pkg = manifest.root
+    variants = (manifest.data.get("calibration") or {}).get("variants") or {}
     files = {g: v.get("file") for g, v in (variants.get(variant) or {}).get("graphs", {}).items()}
     if not files.get(graph):
         raise DartrtError(f"{pkg} has no {graph} graph in calibration variant {variant!r} (variants: "
@@ -151,51 +149,54 @@ def _calibrated_entry(pkg: Path, graph: str, variant: str) -> dict:
             "trt_support": summarize(report(path))}
 
 
-def _prepared_entry(pkg: Path, graph: str, precision: str, auto_prepare: bool, variant: str, log) -> dict:
+def _prepared_entry(manifest: Manifest, graph: str, precision: str, auto_prepare: bool, variant: str,
+                    log) -> tuple[Manifest, dict]:
+    """(the manifest, updated if the graph had to be prepared first; the graph's entry)."""
+    pkg = manifest.root
     key = prepared_key(graph, precision)
     if graph in DECODER_GRAPHS and precision in CALIBRATED_VARIANTS:
-        entry = _calibrated_entry(pkg, graph, variant)
+        entry = _calibrated_entry(manifest, graph, variant)
     else:
-        prepared = load_manifest(pkg).get("prepared") or {}
-        if key not in prepared:
+        if key not in (manifest.data.get("prepared") or {}):
             if not auto_prepare:
                 raise DartrtError(f"{pkg} has no {key} graph; run graphs.prepare({str(pkg)!r}, "
                                   f"{key.split('.')[-1]!r}) first")
             log(f"preparing {key} (check, simplify, precision, op-support report)")
             prepare(pkg, key.split(".")[-1], graphs=(graph,) if graph not in DECODER_GRAPHS else DECODER_GRAPHS,
                     log=log)
-            prepared = load_manifest(pkg).get("prepared") or {}
-        entry = prepared[key]
+            manifest = Manifest.load(pkg)  # unchanged files are not hashed again (fileio.sha256_file)
+        entry = manifest.data["prepared"][key]
     if entry.get("trt_support", {}).get("unsupported"):
         first = entry["trt_support"]["issues"][0]
         raise DartrtError(f"{entry['file']} has {entry['trt_support']['unsupported']} node(s) the TensorRT parser "
                           f"does not support, e.g. {first['node']} ({first['op_type']}): {first['reason']}")
-    return entry
+    return manifest, entry
 
 
-def build_engine(pkg_dir: str | Path, graph: str = "decode", precision: str = "fp16", *,
+def build_engine(pkg_dir: str | Path | Manifest, graph: str = "decode", precision: str = "fp16", *,
                  max_batch: int = DEFAULT_MAX_BATCH, max_step_tokens: int = DEFAULT_STEP_TOKENS,
                  timing_cache: str | Path | None = None, builder_optimization_level: int | None = None,
                  device: int = 0, auto_prepare: bool = True, int8_variant: str | None = None,
                  log=print) -> EngineReport:
     """Build ``engines/<graph>.<precision>.plan`` from the prepared graph (fp16/fp32, prepared on demand)
     or, for int8/fp8/int4-awq, from calibration variant ``int8_variant`` (None: `default_variant`), and
-    record it in the manifest."""
+    record it in the manifest. ``pkg_dir`` may be the package's opened `Manifest` (read once per command)."""
     trt = require_tensorrt()
-    from dartrt.runtime.trt_backend import device_info
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+    from dartrt.runtime.trt_backend import device_info
 
     if graph not in ALL_GRAPHS:
         raise DartrtError(f"unknown graph {graph!r}: use one of {', '.join(ALL_GRAPHS)}")
     if precision not in BUILD_PRECISIONS:
         raise DartrtError(f"unknown precision {precision!r}: use one of {', '.join(BUILD_PRECISIONS)}")
-    pkg = Path(pkg_dir)
-    Manifest.load(pkg)
+    manifest = pkg_dir if isinstance(pkg_dir, Manifest) else Manifest.load(pkg_dir)
+    pkg = manifest.root
     here = device_info(device)
     quantized = graph in DECODER_GRAPHS and precision in CALIBRATED_VARIANTS
     if int8_variant is None and quantized:
-        int8_variant = default_variant(load_manifest(pkg), precision, log)
-    entry = _prepared_entry(pkg, graph, precision, auto_prepare, int8_variant or "", log)
+        int8_variant = default_variant(manifest.data, precision, log)
+    manifest, entry = _prepared_entry(manifest, graph, precision, auto_prepare, int8_variant or "", log)
     onnx_path = pkg / entry["file"]
     shapes = derive_profile(entry["inputs"], graph, max_batch, max_step_tokens)
     profile = Profile()
@@ -215,7 +216,7 @@ def build_engine(pkg_dir: str | Path, graph: str = "decode", precision: str = "f
         raise DartrtError(f"TensorRT could not build {key}: {str(exc).strip().splitlines()[-1]}") from None
     seconds = time.perf_counter() - start
     path = pkg / ENGINE_DIR / f"{key}.plan"
-    _write_atomic(path, bytes(plan))
+    atomic_write_bytes(path, bytes(plan))
     record = {
         "file": path.relative_to(pkg).as_posix(), "graph": graph, "precision": key.split(".")[-1],
         "onnx": entry["file"], "onnx_sha256": sha256_file(onnx_path), "gpu": here.gpu,
@@ -227,22 +228,21 @@ def build_engine(pkg_dir: str | Path, graph: str = "decode", precision: str = "f
                   "timing_cache": Path(cache).name if cache else None, "seconds": round(seconds, 1),
                   "tool": "polygraphy " + _polygraphy_version()},
     }
-    data = load_manifest(pkg)
-    engines = dict(data.get("engines") or {})
-    engines[key] = record
-    data["engines"] = engines
-    write_manifest(pkg, data)
+    manifest = manifest.write({**manifest.data, "engines": {**(manifest.data.get("engines") or {}), key: record}})
     log(f"  wrote {record['file']} ({path.stat().st_size / 1e6:.1f} MB) in {seconds:.0f}s")
-    return EngineReport(key, path, record, seconds)
+    return EngineReport(key, path, record, seconds, manifest)
 
 
 def build_engines(pkg_dir: str | Path, precision: str = "fp16", *, graphs: tuple[str, ...] = ALL_GRAPHS,
                   **kwargs) -> BuildReport:
-    """`build_engine` for each of ``graphs`` (what `dartrt build` runs)."""
-    report = BuildReport(Path(pkg_dir))
+    """`build_engine` for each of ``graphs`` (what `dartrt build` runs), the manifest read once and
+    handed from one build to the next."""
+    manifest = Manifest.load(pkg_dir)
+    report = BuildReport(manifest.root)
     for graph in graphs:
-        built = build_engine(pkg_dir, graph, precision, **kwargs)
+        built = build_engine(manifest, graph, precision, **kwargs)
         report.engines[built.key] = built
+        manifest = built.manifest
     return report
 
 

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from dartrt.runtime.errors import DartrtError
 from onnx import TensorProto, numpy_helper
+
+from dartrt.runtime.errors import DartrtError
 
 from .check import infer
 

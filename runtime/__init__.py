@@ -4,11 +4,12 @@ Scan orders, direction ids, CFG schedules and the sampler live here once; the to
 them, so the reference and every backend share one definition.
 
 ``runtime.generate(package, class_ids, ...)`` is the production entry point. onnxruntime is imported
-only when a package is opened, so ``import runtime`` stays light (numpy and Pillow).
+only when a package is opened, so ``from dartrt import runtime`` stays light (numpy and Pillow).
 """
 
 from .api import generate
 from .errors import DartrtError
-from .package import Package, open_package_backend
+from .manifest import Manifest
+from .package import open_package_backend
 
-__all__ = ["DartrtError", "Package", "generate", "open_package_backend"]
+__all__ = ["DartrtError", "Manifest", "generate", "open_package_backend"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .orders import direction_ids, positions_table
+from .orders import direction_ids, make_order, positions_table
 
 PREFILL, DECODE, VQ_DECODER = "prefill", "decode", "vq_decoder"
 DECODER_GRAPHS = (PREFILL, DECODE)
@@ -99,6 +99,12 @@ class StepTables:
     @classmethod
     def of(cls, order: np.ndarray, grid: int, rope: str) -> StepTables:
         return cls(positions_table(order, grid, rope), direction_ids(order))
+
+    @classmethod
+    def native(cls, model) -> StepTables:
+        """The tables of a model's own scan order; ``model`` is a ModelInfo or a ModelConfig (anything
+        with ``order``, ``grid_size`` and ``rope``)."""
+        return cls.of(make_order(model.order, model.grid_size), model.grid_size, model.rope)
 
     def at(self, index: int, count: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(positions, direction) of input indices index .. index+count-1 (prefill: index 0)."""

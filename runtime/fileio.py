@@ -1,13 +1,19 @@
-"""Atomic file writes, used by every part of dartrt that writes an artifact.
+"""File writing and hashing, the one home for both: every part of dartrt that writes an artifact uses it.
 
-Write a hidden temp file in the target's folder, then rename it over the target: a reader (or a
-crashed build) never sees half a file, and the hidden name keeps the manifest from listing it.
+Writes are atomic: a hidden temp file in the target's folder, then a rename over the target, so a reader
+(or a crashed build) never sees half a file, and the hidden name keeps the manifest from listing it.
+
+Hashes are sha256, read in 1 MiB chunks (multi-GB external data never sits in memory), and remembered
+per (path, size, mtime, inode): a command that re-reads a manifest after writing part of a package
+re-hashes only the files that changed, not every weight file again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,3 +44,47 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data, **dump_kw) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, **dump_kw) + "\n")
+
+
+def read_json_object(path: str | Path, missing: str = "is missing", damaged: str = "") -> dict:
+    """A JSON file whose top level is an object, or one `DartrtError` line: ``missing`` / ``damaged`` end
+    the message for an absent or unparsable file (what to do about it)."""
+    from .errors import DartrtError
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DartrtError(f"{path} {missing}") from None
+    except IsADirectoryError:
+        raise DartrtError(f"{path} is a folder, not a JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DartrtError(f"{path} is not valid JSON ({exc}){'; ' + damaged if damaged else ''}") from None
+    if not isinstance(data, dict):
+        raise DartrtError(f"{path}: the top level is not a JSON object{'; ' + damaged if damaged else ''}")
+    return data
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` by way of a hidden sibling of ``dst`` (safe across disks)."""
+    atomic_write(dst, lambda p: shutil.copyfile(src, p))
+
+
+_CHUNK = 1 << 20
+_DIGESTS: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file; a file unchanged since this process last hashed it is not read again."""
+    path = Path(path)
+    st = path.stat()
+    key, signature = str(path.resolve()), (st.st_size, st.st_mtime_ns, st.st_ino)
+    known = _DIGESTS.get(key)
+    if known is not None and known[0] == signature:
+        return known[1]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    _DIGESTS[key] = (signature, digest.hexdigest())
+    return digest.hexdigest()

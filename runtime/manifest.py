@@ -1,39 +1,29 @@
-"""The package manifest: write it with every file's hash, read it back only if every file checks out.
+"""The package manifest, its one owner: the schema, reading it (checked), and writing it (hashed).
 
-A package is copied between machines and edited by later steps (graph passes, engine builds), so the
-runtime trusts nothing it has not hashed: each file the manifest lists must exist with the recorded
-size and sha256, and each graph must point at a listed file. Every failure is one `DartrtError` line
-that names the file, so a user sees which file to re-export instead of an ONNX parse error.
+A package is copied between machines and edited by later steps (graph passes, calibration, engine
+builds), so the runtime trusts nothing it has not hashed: each file the manifest lists must exist with
+the recorded size and sha256, and each graph must point at a listed file. Every failure is one
+`DartrtError` line that names the file, so a user sees which file to re-export instead of an ONNX
+parse error. `Manifest` is the typed view every other module reads; a command opens it once and passes
+it on (hashes are remembered per file, see `dartrt.runtime.fileio.sha256_file`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .backend import ModelInfo
 from .errors import DartrtError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json_object, sha256_file
 
 FORMAT = "dartrt-package"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-GRAPH_NAMES = ("prefill", "decode", "vq_decoder")
 # Data no backend runs: at open these are size-checked only (hashing the ~100+ MB of calibration traces
 # on every `generate` would dominate start-up). calibration.traceset hashes each trace file when it loads it.
 SIZE_ONLY_PREFIXES = ("calibration/traces/",)
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks so multi-GB external data never sits in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_hidden(rel: Path) -> bool:
@@ -70,18 +60,6 @@ def write_manifest(pkg_dir: str | Path, manifest: dict) -> dict:
     return data
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DartrtError(f"{path} is missing: not an exported dartrt package (run `dartrt export`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DartrtError(f"{path} is not valid JSON ({exc}); the manifest is damaged, re-export the package") from None
-    if not isinstance(data, dict):
-        raise DartrtError(f"{path} is not a dartrt package manifest (top level is not an object)")
-    return data
-
-
 def _check_header(path: Path, data: dict) -> None:
     if data.get("format") != FORMAT:
         raise DartrtError(f"{path} is not a dartrt package manifest (format {data.get('format')!r}, want {FORMAT!r})")
@@ -92,6 +70,10 @@ def _check_header(path: Path, data: dict) -> None:
     for key in ("model", "graphs", "files", "image_size"):
         if key not in data:
             raise DartrtError(f"{path} has no {key!r} entry; the manifest is incomplete, re-export the package")
+    try:
+        ModelInfo.from_config(data["model"], int(data["image_size"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DartrtError(f"{path}: bad model entry ({exc!r})") from None
 
 
 def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
@@ -127,16 +109,20 @@ def _check_graphs(root: Path, graphs: dict, files: dict) -> None:
             raise DartrtError(f"{root / MANIFEST_NAME}: graph {name!r} file {file} is not listed in 'files'")
 
 
-def load_manifest(pkg_dir: str | Path, verify_hashes: bool = True) -> dict:
+def load_manifest(pkg_dir: str | Path, verify_hashes: bool = True, check_files: bool = True) -> dict:
     """Read and check a package's manifest; sizes always, sha256 when ``verify_hashes`` (except for the
-    SIZE_ONLY_PREFIXES data, which its reader hashes)."""
+    SIZE_ONLY_PREFIXES data, which its reader hashes). ``check_files=False`` checks the manifest alone:
+    for a writer that replaces listed files before it rewrites the manifest (calibration), so that a run
+    interrupted in between does not lock the next one out."""
     root = Path(pkg_dir)
     if not root.is_dir():
         raise DartrtError(f"package folder not found: {root}")
     path = root / MANIFEST_NAME
-    data = _read_json(path)
+    data = read_json_object(path, "is missing: not an exported dartrt package (run `dartrt export`)",
+                            "the manifest is damaged, re-export the package")
     _check_header(path, data)
-    _check_files(root, data["files"], verify_hashes)
+    if check_files:
+        _check_files(root, data["files"], verify_hashes)
     _check_graphs(root, data["graphs"], data["files"])
     return data
 
@@ -167,12 +153,27 @@ class Manifest:
     data: dict
 
     @classmethod
-    def load(cls, pkg_dir: str | Path, verify_hashes: bool = True) -> "Manifest":
+    def load(cls, pkg_dir: str | Path, verify_hashes: bool = True) -> Manifest:
+        """The package at ``pkg_dir``, every listed file checked (see `load_manifest`)."""
         return cls(Path(pkg_dir), load_manifest(pkg_dir, verify_hashes))
+
+    @classmethod
+    def read(cls, pkg_dir: str | Path) -> Manifest:
+        """The manifest alone, its files not checked: for steps that are about to rewrite the package."""
+        return cls(Path(pkg_dir), load_manifest(pkg_dir, check_files=False))
+
+    def write(self, data: dict | None = None) -> Manifest:
+        """Write ``data`` (default: this manifest's) with every file re-hashed; the new view."""
+        return Manifest(self.root, write_manifest(self.root, self.data if data is None else data))
 
     @property
     def info(self) -> ModelInfo:
-        return ModelInfo.from_config(self.data["model"], int(self.data["image_size"]))
+        return ModelInfo.from_config(self.data["model"], int(self.data["image_size"]))  # checked at load
+
+    @property
+    def source(self) -> str:
+        """What the package was exported from: a checkpoint folder or ``preset NAME (random weights)``."""
+        return str(self.data.get("source") or "")
 
     @property
     def precision(self) -> str:

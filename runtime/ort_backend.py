@@ -12,114 +12,41 @@ last position's logits come out.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from .backend import ModelInfo
+from .contract import (
+    DECODE,
+    IMAGE,
+    LOGITS,
+    MODULATION,
+    PAST,
+    PREFILL,
+    PRESENT,
+    TOKEN_GRID,
+    VQ_DECODER,
+    GraphIO,
+    cache_names,
+    graph_io,
+    step_feed,
+)
 from .errors import DartrtError
 from .images import to_uint8
 from .manifest import Manifest
-
-PROVIDER_CHOICES = ("auto", "cpu", "cuda")
-CUDA_EP = "CUDAExecutionProvider"
-CPU_EP = "CPUExecutionProvider"
-STEP_INPUTS = ("input_ids", "positions", "direction", "write_index")
-OPT_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
+from .sessions import CPU_EP, CUDA_EP, RUNTIME, SessionFromOnnx, io_names, resolve_providers
 
 
-def exact_int8_gemms(opts: ort.SessionOptions) -> ort.SessionOptions:
-    """Ask ORT for its U8U8 integer GEMMs on x86 CPUs without VNNI (``session.x64quantprecision``).
-
-    Why: there ORT's fast U8S8 kernels sum pairs of products in saturating 16-bit lanes, so INT8
-    graphs silently lose accuracy; on an AVX2-only EPYC the dynamic INT8 tiny DAR agreed with FP32 on
-    395 of 512 top-1 tokens against 500 on an AVX-512 VNNI CPU. ORT applies the option only where the
-    CPU lacks VNNI, and it changes nothing for float graphs."""
-    opts.add_session_config_entry("session.x64quantprecision", "1")
-    return opts
-
-
-def cache_names(n_layer: int, prefix: str) -> list[str]:
-    """``{prefix}.{i}.key`` / ``.value`` for every layer, in graph order."""
-    return [f"{prefix}.{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]
-
-
-def usable_cpus() -> int:
-    """Cores this process may run on (a container's affinity mask, not the host's count)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-ProviderSpec = str | tuple[str, dict[str, str]]
-
-
-def resolve_providers(providers: str, cuda_tf32: bool = False) -> list[ProviderSpec]:
-    """The EP list to ask for. 'auto' asks for CUDA when this onnxruntime build lists it.
-
-    The CUDA EP gets ``use_tf32`` from ``cuda_tf32``, off by default. Why: the EP turns TF32 on by
-    default, so an fp32 package no longer computes in fp32. Measured on an H200 (bundled demo, ORT
-    1.31.1): with TF32 the step logits were 0.03 from the torch reference (relative 1.2e-3, 30x
-    `dartrt verify`'s fp32 bound of 1e-4, though no sampled token changed); with it off, 1.8e-5.
-    Whoever wants the speed over that parity passes ``cuda_tf32=True``."""
-    if providers not in PROVIDER_CHOICES:
-        raise DartrtError(f"unknown providers {providers!r}: use one of {', '.join(PROVIDER_CHOICES)}")
-    available = ort.get_available_providers()
-    if providers == "cuda" and CUDA_EP not in available:
-        raise DartrtError("onnxruntime has no CUDA execution provider here "
-                          f"(available: {', '.join(available)}); install onnxruntime-gpu or use providers='cpu'")
-    if providers == "cpu" or CUDA_EP not in available:
-        return [CPU_EP]
-    return [(CUDA_EP, {"use_tf32": "1" if cuda_tf32 else "0"}), CPU_EP]
-
-
-@dataclass(frozen=True)
-class SessionSettings:
-    """What every session of one backend shares. ``log_severity`` 0/1 shows ORT's verbose/info log
-    (that is where the in-place warning appears); the default 3 shows errors only."""
-
-    providers: str = "auto"
-    intra_op_threads: int | None = None
-    optimization: str = "all"
-    log_severity: int = 3
-
-    def options(self) -> ort.SessionOptions:
-        if self.optimization not in OPT_LEVELS:
-            raise DartrtError(f"unknown optimization level {self.optimization!r}: use one of {', '.join(OPT_LEVELS)}")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = OPT_LEVELS[self.optimization]
-        opts.intra_op_num_threads = int(self.intra_op_threads or usable_cpus())
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = int(self.log_severity)
-        return exact_int8_gemms(opts)
-
-
-def open_session(path: Path, settings: SessionSettings, providers: list[ProviderSpec]) -> ort.InferenceSession:
-    try:
-        return ort.InferenceSession(str(path), sess_options=settings.options(), providers=providers)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise DartrtError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-
-
-def check_io(session: ort.InferenceSession, path: Path, inputs: list[str], outputs: list[str]) -> None:
+def check_io(session: ort.InferenceSession, path: Path, io: GraphIO) -> None:
     """The graph must take exactly what the backend feeds and return what it reads."""
-    have_in = [i.name for i in session.get_inputs()]
-    have_out = {o.name for o in session.get_outputs()}
-    missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
+    have_in, have_out = io_names(session)
+    missing = [n for n in io.inputs if n not in have_in] + [n for n in io.outputs if n not in have_out]
     if missing:
         raise DartrtError(f"{path} lacks the graph I/O {', '.join(missing[:4])}"
                           f"{' …' if len(missing) > 4 else ''}; it was not exported by this dartrt, re-export it")
-    extra = [n for n in have_in if n not in inputs]
+    extra = [n for n in have_in if n not in io.inputs]
     if extra:
         raise DartrtError(f"{path} has inputs this runtime does not feed ({', '.join(extra[:4])}); "
                           "re-export the package with this dartrt")
@@ -130,11 +57,12 @@ class OrtBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, providers: str = "auto", intra_op_threads: int | None = None,
+    def __init__(self, manifest: Manifest, device: str = "auto", intra_op_threads: int | None = None,
                  optimization: str = "all", log_severity: int = 3, alias_cache: bool = True,
                  graph_files: dict[str, Path] | None = None, cuda_tf32: bool = False) -> None:
-        """``graph_files`` overrides a graph's file (the FP16 or INT8 form of decode/prefill, say);
-        ``cuda_tf32`` lets the CUDA EP use TF32 (see `resolve_providers`)."""
+        """``device``: auto (CUDA when it really starts, else the CPU), cpu or cuda. ``graph_files``
+        overrides a graph's file (the FP16 or INT8 form of decode/prefill, say); ``cuda_tf32`` lets the
+        CUDA EP use TF32 (see `dartrt.runtime.sessions`)."""
         self.manifest = manifest
         self.info: ModelInfo = manifest.info
         model = manifest.data["model"]
@@ -145,42 +73,37 @@ class OrtBackend:
                             int(kv.get("head_dim", model.get("head_dim", 0))))
         self.adaln = manifest.adaln_width is not None or bool(model.get("adaln", False))
         self.alias_cache = alias_cache
-        self.settings = SessionSettings(providers, intra_op_threads, optimization, log_severity)
-        requested = resolve_providers(providers, cuda_tf32)
-
-        past, present = cache_names(self.n_layer, "past_key_values"), cache_names(self.n_layer, "present")
-        mod = ["adaln_modulation"] if self.adaln else []
-        specs = {"prefill": (list(STEP_INPUTS) + past, ["logits"] + mod + present),
-                 "decode": (list(STEP_INPUTS) + mod + past, ["logits"] + present),
-                 "vq_decoder": (["token_grid"], ["image"])}
+        self.profile = RUNTIME.but(threads=intra_op_threads, optimization=optimization, log_severity=log_severity)
+        requested = resolve_providers(device, cuda_tf32)
         self.sessions: dict[str, ort.InferenceSession] = {}
-        for graph, (inputs, outputs) in specs.items():
+        for graph in (PREFILL, DECODE, VQ_DECODER):
             path = Path((graph_files or {}).get(graph) or manifest.graph(graph).path)
             try:
-                session = open_session(path, self.settings, requested)
+                session = SessionFromOnnx(path, self.profile, tuple(requested))()
             except DartrtError:
-                if providers != "auto" or requested == [CPU_EP] or self.sessions:
+                if device != "auto" or requested == [CPU_EP] or self.sessions:
                     raise
                 requested = [CPU_EP]  # 'auto' with a CUDA EP that cannot start: run on the CPU instead
-                session = open_session(path, self.settings, requested)
-            check_io(session, path, inputs, outputs)
+                session = SessionFromOnnx(path, self.profile, tuple(requested))()
+            check_io(session, path, graph_io(graph, self.n_layer, self.adaln))
             self.sessions[graph] = session
+        past = cache_names(self.n_layer, PAST)
         # The cache dtype is the graph's: FP16 graphs keep their KV cache in fp16 (half the bytes).
-        past_type = {i.name: i.type for i in self.sessions["decode"].get_inputs()}[past[0]]
+        past_type = {i.name: i.type for i in self.sessions[DECODE].get_inputs()}[past[0]]
         self.cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
-        got = self.sessions["decode"].get_providers()
+        got = self.sessions[DECODE].get_providers()
         self.providers = got
         self.provider_specs = requested  # with their options: a second session (Polygraphy's) asks for the same
         self.device = "cuda" if got and got[0] == CUDA_EP else "cpu"
-        if providers == "cuda" and self.device != "cuda":
+        if device == "cuda" and self.device != "cuda":
             raise DartrtError("onnxruntime fell back to the CPU: the CUDA execution provider could not start "
-                              "(no GPU, or a CUDA/cuDNN library is missing); use providers='cpu'")
+                              "(no GPU, or a CUDA/cuDNN library is missing); use the CPU")
         if self.adaln and manifest.adaln_width is None:
-            out = {o.name: o.shape for o in self.sessions["prefill"].get_outputs()}
-            self.mod_width = int(out["adaln_modulation"][-1])
+            out = {o.name: o.shape for o in self.sessions[PREFILL].get_outputs()}
+            self.mod_width = int(out[MODULATION][-1])
         else:
             self.mod_width = manifest.adaln_width or 0
-        self._io = {g: self.sessions[g].io_binding() for g in ("prefill", "decode")}
+        self._io = {g: self.sessions[g].io_binding() for g in (PREFILL, DECODE)}
         self._rows = 0
         self._caches: list[ort.OrtValue] = []
         self._spare: list[ort.OrtValue] = []  # only when alias_cache=False: the other half of a ping-pong
@@ -215,45 +138,45 @@ class OrtBackend:
     def _bind_caches(self, io: ort.IOBinding) -> None:
         """past ← the live caches; present ← the same OrtValues (in place) or the spares (ping-pong)."""
         outs = self._caches if self.alias_cache else self._spare
-        for i, name in enumerate(cache_names(self.n_layer, "past_key_values")):
+        for i, name in enumerate(cache_names(self.n_layer, PAST)):
             io.bind_ortvalue_input(name, self._caches[i])
-        for i, name in enumerate(cache_names(self.n_layer, "present")):
+        for i, name in enumerate(cache_names(self.n_layer, PRESENT)):
             io.bind_ortvalue_output(name, outs[i])
 
     def _bind_step(self, io: ort.IOBinding, ids: np.ndarray, positions: np.ndarray, direction: np.ndarray,
-                   write: np.ndarray) -> None:
-        arrays = [np.ascontiguousarray(a, dtype=np.int64) for a in (ids, positions, direction, write)]
-        self._keep = arrays
-        for name, arr in zip(STEP_INPUTS, arrays):
+                   write_index: int) -> None:
+        feed = step_feed(ids, positions, direction, write_index)
+        self._keep = list(feed.values())
+        for name, arr in feed.items():
             io.bind_cpu_input(name, arr)
 
     def _run(self, graph: str, logits_shape: tuple[int, ...]) -> np.ndarray:
         io = self._io[graph]
         logits = self._logits_buffer(logits_shape)
-        io.bind_ortvalue_output("logits", logits)
+        io.bind_ortvalue_output(LOGITS, logits)
         io.synchronize_inputs()
         self.sessions[graph].run_with_iobinding(io)
         io.synchronize_outputs()
         if not self.alias_cache:
             self._caches, self._spare = self._spare, self._caches
-            self._bind_caches(self._io["decode"])
+            self._bind_caches(self._io[DECODE])
         return np.array(logits.numpy()[:, -1], dtype=np.float32)
 
     # ---- Backend protocol ---------------------------------------------------------------------------
     def prefill(self, class_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray) -> np.ndarray:
         rows = len(class_ids)
         self._allocate(rows)
-        io = self._io["prefill"]
+        io = self._io[PREFILL]
         self._bind_step(io, np.asarray(class_ids).reshape(rows, 1), positions, direction,
-                        np.zeros(rows, dtype=np.int64))
+                        0)
         self._bind_caches(io)
         if self.adaln:
-            io.bind_ortvalue_output("adaln_modulation", self._modulation)
-        logits = self._run("prefill", (rows, 1, self.info.vocab_size))
-        decode = self._io["decode"]
+            io.bind_ortvalue_output(MODULATION, self._modulation)
+        logits = self._run(PREFILL, (rows, 1, self.info.vocab_size))
+        decode = self._io[DECODE]
         self._bind_caches(decode)
         if self.adaln:
-            decode.bind_ortvalue_input("adaln_modulation", self._modulation)
+            decode.bind_ortvalue_input(MODULATION, self._modulation)
         return logits
 
     def step(self, token_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray,
@@ -261,12 +184,12 @@ class OrtBackend:
         rows, seq = token_ids.shape
         if rows != self._rows:
             raise DartrtError(f"step got {rows} rows but prefill set up {self._rows}; call prefill first")
-        io = self._io["decode"]
-        self._bind_step(io, token_ids, positions, direction, np.full(rows, int(write_index), dtype=np.int64))
-        return self._run("decode", (rows, seq, self.info.vocab_size))
+        io = self._io[DECODE]
+        self._bind_step(io, token_ids, positions, direction, int(write_index))
+        return self._run(DECODE, (rows, seq, self.info.vocab_size))
 
     def decode_vq(self, grids: np.ndarray) -> np.ndarray:
-        image = self.sessions["vq_decoder"].run(["image"], {"token_grid": np.ascontiguousarray(grids, dtype=np.int64)})
+        image = self.sessions[VQ_DECODER].run([IMAGE], {TOKEN_GRID: np.ascontiguousarray(grids, dtype=np.int64)})
         return to_uint8(image[0])
 
     # ---- introspection (tests, bench) -----------------------------------------------------------------

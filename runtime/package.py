@@ -6,38 +6,15 @@ This is the one place that maps a backend name to an implementation, so the CLI 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from .backend import Backend, ModelInfo
+from .backend import Backend
 from .errors import DartrtError
-from .manifest import Manifest, load_manifest
-from .variants import FP32, engine_precision, resolve_precision
+from .manifest import Manifest
+from .precisions import FP32, engine_precision, resolve_precision
 
 BACKENDS = ("auto", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "tensorrt")
-_ORT_PROVIDERS = {"auto": "auto", "onnxruntime": "auto", "onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
-
-
-@dataclass(frozen=True)
-class Package:
-    """A verified package folder: its manifest dict and the model info the scheduler needs."""
-
-    dir: Path
-    manifest: dict
-    info: ModelInfo
-
-    @classmethod
-    def open(cls, pkg_dir: str | Path, verify_hashes: bool = True) -> "Package":
-        data = load_manifest(pkg_dir, verify_hashes)
-        try:
-            info = ModelInfo.from_config(data["model"], int(data["image_size"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DartrtError(f"{Path(pkg_dir) / 'manifest.json'}: bad model entry ({exc!r})") from None
-        return cls(Path(pkg_dir), data, info)
-
-    @property
-    def view(self) -> Manifest:
-        return Manifest(self.dir, self.manifest)
+_ORT_DEVICES = {"auto": "auto", "onnxruntime": "auto", "onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
 
 
 def open_package_backend(pkg_dir: str | Path, backend: str = "auto", *, precision: str | None = None,
@@ -49,7 +26,7 @@ def open_package_backend(pkg_dir: str | Path, backend: str = "auto", *, precisio
     onnxruntime-cuda, tensorrt (built engines). ``options`` go to the backend (for onnxruntime:
     intra_op_threads, optimization, log_severity).
 
-    ``precision`` (`runtime.variants`): on onnxruntime None/"fp32" runs the exported graphs, "fp16" the
+    ``precision`` (`dartrt.runtime.precisions`): on onnxruntime None/"fp32" runs the exported graphs, "fp16" the
     prepared FP16 ones, any calibration variant name (int8, int8-dynamic, ...) its INT8 graphs; the
     backend's ``precision`` says which and its ``name`` shows it ("onnxruntime[int8-dynamic]"). On
     tensorrt it picks the engine (fp16/int8/fp32, or the variant the int8 engine was built from; None:
@@ -60,26 +37,26 @@ def open_package_backend(pkg_dir: str | Path, backend: str = "auto", *, precisio
     if backend not in BACKENDS:
         hint = "; the torch backend needs a checkpoint or preset, not a package" if backend == "torch" else ""
         raise DartrtError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}{hint}")
-    package = Package.open(pkg_dir, verify_hashes)
+    package = Manifest.load(pkg_dir, verify_hashes)
     if backend == "tensorrt":
         if graph_files:
             raise DartrtError("graph_files overrides are for the onnxruntime backends; TensorRT runs built engines")
         from .trt_backend import TrtBackend  # imports tensorrt/cuda-python only when constructed
 
-        return TrtBackend(package.view, precision=engine_precision(package.manifest, precision, pkg_dir), **options)
-    chosen = resolve_precision(package.manifest, precision, pkg_dir)
-    files = {graph: package.dir / file for graph, file in chosen.graph_files.items()}
+        return TrtBackend(package, precision=engine_precision(package.data, precision, pkg_dir), **options)
+    chosen = resolve_precision(package.data, precision, pkg_dir)
+    files = {graph: package.root / file for graph, file in chosen.graph_files.items()}
     for graph, file in (graph_files or {}).items():
-        if graph not in package.manifest["graphs"]:
+        if graph not in package.data["graphs"]:
             raise DartrtError(f"the package has no {graph!r} graph to replace "
-                              f"(it has {', '.join(package.manifest['graphs'])})")
-        files[graph] = package.dir / file  # an absolute file stays itself
+                              f"(it has {', '.join(package.data['graphs'])})")
+        files[graph] = package.root / file  # an absolute file stays itself
     from dartrt.extras import require  # dartrt.extras imports this package: import it when called
 
     require(("onnxruntime",), f"the {backend} backend")
     from .ort_backend import OrtBackend
-    providers = options.pop("providers", _ORT_PROVIDERS[backend])
-    engine = OrtBackend(package.view, providers=providers, graph_files=files or None, **options)
+    device = options.pop("device", _ORT_DEVICES[backend])
+    engine = OrtBackend(package, device=device, graph_files=files or None, **options)
     engine.precision = chosen.name
     if chosen.name != FP32:
         engine.name = f"{engine.name}[{chosen.name}]"

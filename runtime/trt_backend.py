@@ -25,12 +25,27 @@ from pathlib import Path
 import numpy as np
 
 from .backend import ModelInfo
+from .contract import (
+    ALL_GRAPHS,
+    DECODE,
+    DIRECTION,
+    IMAGE,
+    INPUT_IDS,
+    LOGITS,
+    PAST,
+    POSITIONS,
+    PREFILL,
+    PRESENT,
+    TOKEN_GRID,
+    VQ_DECODER,
+    past_name,
+    step_feed,
+)
 from .errors import DartrtError
 from .images import to_uint8
 from .manifest import Manifest
-from .variants import ENGINE_PRECISIONS
+from .precisions import ENGINE_PRECISIONS
 
-STEP_INPUTS = ("input_ids", "positions", "direction", "write_index")
 INSTALL_HINT = "pip install 'dartrt[tensorrt]'"
 
 
@@ -204,8 +219,8 @@ class TrtBackend:
         _ck(self.cudart.cudaSetDevice(device))
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.runners: dict[str, EngineRunner] = {}
-        for graph in ("prefill", "decode", "vq_decoder"):
-            key = f"{graph}.{self.precision if graph != 'vq_decoder' else 'fp32'}"
+        for graph in ALL_GRAPHS:
+            key = f"{graph}.{self.precision if graph != VQ_DECODER else 'fp32'}"
             entry = engines.get(key) or engines.get(f"{graph}.{self.precision}")
             if entry is None:
                 raise DartrtError(f"TensorRT backend is not available here: the package has no {key} engine "
@@ -225,20 +240,20 @@ class TrtBackend:
         if rows == self._rows:
             return
         self._release()
-        decode, prefill = self.runners["decode"], self.runners["prefill"]
-        max_seq = decode.max_shape("input_ids")[1]
+        decode, prefill = self.runners[DECODE], self.runners[PREFILL]
+        max_seq = decode.max_shape(INPUT_IDS)[1]
         for name in decode.inputs:
             shape = list(decode.max_shape(name))
-            shape = [rows if i == 0 and name not in ("positions", "direction") else d for i, d in enumerate(shape)]
+            shape = [rows if i == 0 and name not in (POSITIONS, DIRECTION) else d for i, d in enumerate(shape)]
             self._buffers[name] = DeviceBuffer(tuple(shape), decode.dtype(name))
         vocab = self.info.vocab_size
-        self._buffers["logits"] = DeviceBuffer((rows, max_seq, vocab), np.float32)
-        for name in (n for n in decode.inputs if n.startswith("past_key_values.")):
+        self._buffers[LOGITS] = DeviceBuffer((rows, max_seq, vocab), np.float32)
+        for name in (n for n in decode.inputs if n.startswith(f"{PAST}.")):
             self._buffers[name].zero(self.stream)  # stale slots are masked, but 0·NaN would still be NaN
         for runner in (prefill, decode):
             for name in runner.names:
-                buffer_name = name.replace("present.", "past_key_values.")
-                if name.startswith("present."):
+                buffer_name = past_name(name)
+                if name.startswith(f"{PRESENT}."):
                     alias = runner.aliased_input(name)
                     if alias != buffer_name:
                         raise DartrtError(f"engine output {name} is not updated in place (aliases {alias!r}); "
@@ -254,8 +269,8 @@ class TrtBackend:
         self._buffers = {}
         self._rows = 0
 
-    def _upload_step(self, runner: EngineRunner, ids, positions, direction, write) -> None:
-        arrays = {"input_ids": ids, "positions": positions, "direction": direction, "write_index": write}
+    def _upload_step(self, runner: EngineRunner, ids, positions, direction, write_index: int) -> None:
+        arrays = step_feed(ids, positions, direction, write_index)
         self._keep = [self._buffers[n].upload(a, self.stream) for n, a in arrays.items()]
         for name, array in arrays.items():
             runner.shape(name, np.shape(array))
@@ -266,14 +281,14 @@ class TrtBackend:
 
     def _logits(self, rows: int, seq: int) -> np.ndarray:
         # the engine wrote a contiguous [rows, seq, V] at the start of the [rows, max_seq, V] buffer
-        out = self._buffers["logits"].download((rows, seq, self.info.vocab_size), self.stream)
+        out = self._buffers[LOGITS].download((rows, seq, self.info.vocab_size), self.stream)
         _ck(self.cudart.cudaStreamSynchronize(self.stream))
         self._keep = []
         return np.array(out[:, -1], dtype=np.float32)
 
     def _execute_decode(self, rows: int, seq: int) -> None:
         """Replay the captured graph for this (rows, seq), capturing it after one warm-up run."""
-        runner = self.runners["decode"]
+        runner = self.runners[DECODE]
         key = (rows, seq)
         if not self.cuda_graph:
             runner.run(self.stream)
@@ -293,11 +308,10 @@ class TrtBackend:
     def prefill(self, class_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray) -> np.ndarray:
         rows = len(class_ids)
         self._allocate(rows)
-        for name in (n for n in self._buffers if n.startswith("past_key_values.")):
+        for name in (n for n in self._buffers if n.startswith(f"{PAST}.")):
             self._buffers[name].zero(self.stream)
-        runner = self.runners["prefill"]
-        self._upload_step(runner, np.asarray(class_ids).reshape(rows, 1), positions, direction,
-                          np.zeros(rows, dtype=np.int64))
+        runner = self.runners[PREFILL]
+        self._upload_step(runner, np.asarray(class_ids).reshape(rows, 1), positions, direction, 0)
         runner.run(self.stream)
         return self._logits(rows, 1)
 
@@ -306,23 +320,23 @@ class TrtBackend:
         rows, seq = token_ids.shape
         if rows != self._rows:
             raise DartrtError(f"step got {rows} rows but prefill set up {self._rows}; call prefill first")
-        runner = self.runners["decode"]
-        self._upload_step(runner, token_ids, positions, direction, np.full(rows, int(write_index), dtype=np.int64))
+        runner = self.runners[DECODE]
+        self._upload_step(runner, token_ids, positions, direction, int(write_index))
         self._execute_decode(rows, seq)
         return self._logits(rows, seq)
 
     def decode_vq(self, grids: np.ndarray) -> np.ndarray:
-        runner = self.runners["vq_decoder"]
-        max_batch = runner.max_shape("token_grid")[0]
+        runner = self.runners[VQ_DECODER]
+        max_batch = runner.max_shape(TOKEN_GRID)[0]
         out = []
         for i in range(0, len(grids), max_batch):
-            chunk = np.ascontiguousarray(grids[i:i + max_batch], dtype=runner.dtype("token_grid"))
-            runner.shape("token_grid", chunk.shape)
-            image_shape = tuple(runner.context.get_tensor_shape("image"))
+            chunk = np.ascontiguousarray(grids[i:i + max_batch], dtype=runner.dtype(TOKEN_GRID))
+            runner.shape(TOKEN_GRID, chunk.shape)
+            image_shape = tuple(runner.context.get_tensor_shape(IMAGE))
             src, dst = DeviceBuffer(chunk.shape, chunk.dtype), DeviceBuffer(image_shape, np.float32)
             try:
-                runner.bind("token_grid", src)
-                runner.bind("image", dst)
+                runner.bind(TOKEN_GRID, src)
+                runner.bind(IMAGE, dst)
                 keep = src.upload(chunk, self.stream)
                 runner.run(self.stream)
                 image = dst.download(image_shape, self.stream)

@@ -32,7 +32,8 @@ def traced_copy(package, tmp_path_factory, name: str, n_decode: int):
     import shutil
 
     import torch
-    from dartrt.calibration.traces import checkpoint_for_package, record_traces
+
+    from dartrt.calibration.recording import checkpoint_for_package, record_traces
 
     pkg = tmp_path_factory.mktemp(name) / "tiny-dar"
     shutil.copytree(package, pkg)

@@ -14,6 +14,7 @@ import pytest
 
 def _export(ckpt, out: Path) -> Path:
     import torch
+
     from dartrt.exporter import export_package
 
     threads = torch.get_num_threads()
@@ -69,9 +70,10 @@ def tampered_package(tmp_path_factory, tiny_dar_package) -> Path:
 
     import numpy as np
     import onnx
+    from onnx import numpy_helper
+
     from dartrt.dar.checkpoint import random_checkpoint
     from dartrt.runtime.manifest import MANIFEST_NAME, write_manifest
-    from onnx import numpy_helper
 
     pkg = tmp_path_factory.mktemp("tampered") / "tiny-dar-tampered"
     shutil.copytree(tiny_dar_package, pkg)

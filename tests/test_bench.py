@@ -11,11 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-import dartrt.bench.suite as suite  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
+
+import dartrt.bench.suite as suite  # noqa: E402
 from dartrt.bench.bandwidth import Bandwidth, host_read_bandwidth  # noqa: E402
 from dartrt.bench.cuda_graph import StaticDecodeStep, cuda_capture, eager_capture  # noqa: E402
 from dartrt.bench.gpu import accelerator_section  # noqa: E402
+from dartrt.bench.inputs import Inputs, fill_cache  # noqa: E402
 from dartrt.bench.precisions import resolve_precisions  # noqa: E402
 from dartrt.bench.report import format_table  # noqa: E402
 from dartrt.bench.roofline import Roofline  # noqa: E402
@@ -24,7 +26,7 @@ from dartrt.dar.checkpoint import random_checkpoint  # noqa: E402
 from dartrt.dar.config import ModelConfig  # noqa: E402
 from dartrt.runtime.errors import DartrtError  # noqa: E402
 from dartrt.runtime.manifest import Manifest  # noqa: E402
-from dartrt.runtime.variants import precision_manifest, resolve_precision  # noqa: E402
+from dartrt.runtime.precisions import precision_manifest, resolve_precision  # noqa: E402
 
 torch.set_num_threads(1)
 SMALL = 8 << 20  # bandwidth buffer for tests: the figure is irrelevant here, only that it is measured
@@ -109,14 +111,21 @@ def test_host_bandwidth_measures_something():
 
 # ---- the reference model ----------------------------------------------------------------------------
 def test_reference_checkpoint_resolution(tiny_dar_package, tmp_path):
-    data = Manifest.load(tiny_dar_package).data
-    assert suite.reference_checkpoint(data, None).config.name == "tiny-dar"
-    with pytest.raises(DartrtError, match="not on this machine"):
-        suite.reference_checkpoint({**data, "source": str(tmp_path / "gone")}, None)
+    """One parser of the manifest's source for verify, bench and calibration (dartrt.dar.reference)."""
+    from dartrt.dar.reference import reference_checkpoint
+
+    manifest = Manifest.load(tiny_dar_package)
+
+    def with_source(source):
+        return Manifest(manifest.root, {**manifest.data, "source": source})
+
+    assert reference_checkpoint(manifest).config.name == "tiny-dar"
+    with pytest.raises(DartrtError, match="not available here; pass --source CHECKPOINT or --no-torch$"):
+        reference_checkpoint(with_source(str(tmp_path / "gone")), hint="pass --source CHECKPOINT or --no-torch")
     with pytest.raises(DartrtError, match="config differs"):
-        suite.reference_checkpoint(data, "tiny-llamagen")
-    with pytest.raises(DartrtError, match="no source"):
-        suite.reference_checkpoint({**data, "source": None}, None)
+        reference_checkpoint(manifest, "tiny-llamagen")
+    with pytest.raises(DartrtError, match="names no source"):
+        reference_checkpoint(with_source(None))
 
 
 # ---- end to end -------------------------------------------------------------------------------------
@@ -276,12 +285,12 @@ def test_static_step_replays_new_inputs_from_its_buffers():
     """What a CUDA graph relies on: after capture, copy_ new inputs and replay gives the new step."""
     ckpt = random_checkpoint("tiny-dar")
     model, info = ckpt.model, None
-    from dartrt.dar.backend import TorchBackend
+    from dartrt.dar.torch_backend import TorchBackend
 
     backend = TorchBackend(ckpt)
     info = backend.info
-    inputs = suite.Inputs(info, 2, cfg=True)
-    suite._fill(backend, inputs, 10)
+    inputs = Inputs(info, 2, cfg=True)
+    fill_cache(backend, inputs, 10)
     step = StaticDecodeStep(model, backend.caches, backend.modulation, 4, 4, "cpu")
     step.set_inputs(*inputs.step_args(10))
     step.capture(eager_capture)

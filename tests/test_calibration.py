@@ -15,10 +15,12 @@ import numpy as np
 import onnx
 import pytest
 from conftest import traced_copy
+
 from dartrt.calibration.graphinfo import SENSITIVE_OP_TYPES, head_nodes, int8_gemms
-from dartrt.calibration.report import compare_logits, kl_divergence, top1_agreement
+from dartrt.calibration.report import compare_logits
 from dartrt.calibration.traceset import load_traces, load_traces_manifest, verify_traces
 from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.metrics import kl_divergence, top1_agreement
 
 torch = pytest.importorskip("torch")
 
@@ -99,7 +101,7 @@ def test_traces_are_hashed_and_checked(calibrated, tmp_path):
 
 
 def test_wrong_source_is_refused(calibrated):
-    from dartrt.calibration.traces import checkpoint_for_package, record_traces
+    from dartrt.calibration.recording import checkpoint_for_package, record_traces
 
     pkg, _ = calibrated
     with pytest.raises(DartrtError, match="does not match"):
@@ -107,7 +109,7 @@ def test_wrong_source_is_refused(calibrated):
 
 
 def test_trace_plan_is_stratified():
-    from dartrt.calibration.traces import TracePlan, estimate_bytes
+    from dartrt.calibration.recording import TracePlan, estimate_bytes
     from dartrt.dar.config import get_preset
 
     plan = TracePlan.stratified(num_classes=1000, seq_len=256, n_decode=16, seed=3)
@@ -162,8 +164,9 @@ def test_qdq_graph_structure(calibrated, variant):
 @pytest.mark.parametrize("variant", ["int8", "int8-ort"])
 def test_quantized_variant_runs_in_ort_cpu(calibrated, variant, tmp_path):
     import onnxruntime as ort
-    from dartrt.calibration.backend import open_variant
+
     from dartrt.calibration.report import quality_report
+    from dartrt.calibration.variant_backend import open_variant
 
     pkg, variants = calibrated
     if variant not in variants:
@@ -189,8 +192,8 @@ def test_quantized_variant_runs_in_ort_cpu(calibrated, variant, tmp_path):
 
 
 def test_identical_model_agrees_fully(calibrated):
-    from dartrt.calibration.backend import open_variant
     from dartrt.calibration.report import quality_report
+    from dartrt.calibration.variant_backend import open_variant
 
     pkg, _ = calibrated
     report = quality_report(open_variant(pkg), open_variant(pkg), images=2, latency=False)

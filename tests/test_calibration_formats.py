@@ -20,9 +20,10 @@ import numpy as np
 import onnx
 import pytest
 from conftest import traced_copy
+from onnx import TensorProto
+
 from dartrt.calibration.graphinfo import SENSITIVE_OP_TYPES, gemm_nodes, head_nodes, int8_gemms, modulation_nodes
 from dartrt.runtime.errors import DartrtError
-from onnx import TensorProto
 
 torch = pytest.importorskip("torch")
 if importlib.util.find_spec("modelopt") is None:
@@ -222,9 +223,10 @@ def test_cpu_ep_matches_onnx_reference(calibrated, fmt):
     i.e. unfused INT4 DQ) to 1e-5 (measured 1e-7); FP16 to 1e-3 (measured 2.5e-4: numpy and MLAS
     round fp16 GEMMs differently)."""
     import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
     from dartrt.calibration.quantize import REPORT_SESSION_OPTIONS
     from dartrt.calibration.traceset import load_traces
-    from onnx.reference import ReferenceEvaluator
 
     pkg, _ = calibrated
     path = pkg / _entry(pkg, FORMATS[fmt])["graphs"]["decode"]["file"]
@@ -292,8 +294,8 @@ def test_reference_fallback_when_cpu_ep_cannot_load(calibrated):
 
 def test_bad_combinations_are_one_line_errors(calibrated):
     from click.testing import CliRunner
-    from dartrt.calibration.quantize import QuantizeConfig
 
+    from dartrt.calibration.quantize import QuantizeConfig
     from dartrt.cli import main
 
     with pytest.raises(DartrtError, match="high-precision"):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from dartrt.dar.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
 from PIL import Image
 
 from dartrt.cli import main
+from dartrt.dar.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
 
 
 def run(*args):

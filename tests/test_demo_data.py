@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from dartrt.dar.demo import shapes
 from dartrt.dar.demo.classifier import (
     ShapeClassifier,

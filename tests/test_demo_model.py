@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from dartrt.dar.checkpoint import BUNDLED, load_checkpoint
 
 pytestmark = pytest.mark.skipif(not (BUNDLED / "config.json").is_file(),
@@ -14,9 +15,10 @@ MIN_ACCURACY = 0.6
 
 def test_bundled_model_generates_the_requested_classes():
     import torch
-    from dartrt.dar.backend import TorchBackend
+
     from dartrt.dar.demo.classifier import load_classifier
     from dartrt.dar.demo.metrics import classifier_features
+    from dartrt.dar.torch_backend import TorchBackend
     from dartrt.runtime.pipeline import generate_with_backend
 
     torch.set_num_threads(2)

@@ -2,6 +2,7 @@
 
 import onnx
 import pytest
+
 from dartrt.dar.checkpoint import random_checkpoint
 from dartrt.exporter import export_package
 from dartrt.runtime.errors import DartrtError

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from dartrt.dar.importers import (
     DartrtError,
     clean_state_dict,
@@ -15,7 +17,6 @@ from dartrt.dar.importers import (
     load_checked,
 )
 from dartrt.dar.vq import VQConfig, build_vq
-from torch import nn
 
 torch.set_num_threads(1)
 

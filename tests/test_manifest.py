@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import FORMAT, FORMAT_VERSION, Manifest, load_manifest, sha256_file, write_manifest
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from dartrt.dar.config import PRESETS, get_preset
 from dartrt.dar.model import build_model
 from dartrt.dar.rope import apply_rope, gather_cos_sin, rope_tables

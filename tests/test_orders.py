@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.orders import (
     DIRECTION_NAMES,

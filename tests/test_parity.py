@@ -23,19 +23,19 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
-from dartrt.exporter.parity import (  # noqa: E402
+
+from dartrt.cli import main  # noqa: E402
+from dartrt.runtime.manifest import MANIFEST_NAME, Manifest, write_manifest  # noqa: E402
+from dartrt.runtime.metrics import psnr_uint8  # noqa: E402
+from dartrt.verify import (  # noqa: E402
     MIN_PSNR_DB,
     STEP_ATOL,
     Check,
     ParitySettings,
     format_table,
     graph_checks,
-    psnr_uint8,
     verify_package,
 )
-from dartrt.runtime.manifest import MANIFEST_NAME, Manifest, write_manifest  # noqa: E402
-
-from dartrt.cli import main  # noqa: E402
 
 pytest_plugins = ["parity_fixtures"]
 torch.set_num_threads(1)

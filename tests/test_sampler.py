@@ -4,6 +4,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dartrt.runtime.cfg import CFGSchedule, combine
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.sampler import (
@@ -15,8 +18,6 @@ from dartrt.runtime.sampler import (
     top_k_mask,
     top_p_mask,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def brute_top_k(row, k):

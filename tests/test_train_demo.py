@@ -10,13 +10,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.numpy import load_file
+
 from dartrt.dar.checkpoint import load_checkpoint
 from dartrt.dar.config import get_preset
 from dartrt.dar.demo.train import QUICK, SAVE_RESERVE_S, dar_config, train_demo
 from dartrt.dar.demo.train_dar import TrainDAROptions, cpu_runs_bf16, make_optimizer, train_dar
 from dartrt.dar.model import build_model
 from dartrt.runtime.errors import DartrtError
-from safetensors.numpy import load_file
 
 
 def test_quick_recipe_and_tokenizer_cache(tmp_path):
@@ -70,6 +71,7 @@ def test_dar_config_defaults_to_the_shipped_preset():
 
 def _tiny_forward_inputs():
     import torch
+
     from dartrt.dar.config import get_preset
     from dartrt.dar.model import build_model
     from dartrt.runtime.orders import direction_ids, make_order, positions_table
@@ -87,6 +89,7 @@ def test_compiled_TrainingForward_matches_eager():
     """The compiled training forward gives the eager logits (fp32, atol 1e-4; without a working compiler
     the guarded fallback is eager, so this still checks the numbers the training loop sees)."""
     import torch
+
     from dartrt.dar.demo.train_dar import _TrainingForward
 
     model, args = _tiny_forward_inputs()
@@ -97,6 +100,7 @@ def test_compiled_TrainingForward_matches_eager():
 
 def test_TrainingForward_falls_back_to_eager_when_compilation_fails(monkeypatch):
     import torch
+
     from dartrt.dar.demo.train_dar import _TrainingForward
 
     def broken_compile(fn):

@@ -12,9 +12,10 @@ import shutil
 
 import numpy as np
 import pytest
+
 from dartrt.graphs.trt_build import derive_profile
 from dartrt.runtime.errors import DartrtError
-from dartrt.runtime.manifest import load_manifest, write_manifest
+from dartrt.runtime.manifest import Manifest, load_manifest, write_manifest
 from dartrt.runtime.trt_backend import DeviceInfo, check_engine_compatible
 
 H100 = DeviceInfo("NVIDIA H100 80GB HBM3", "9.0", "11.4.0.106")
@@ -100,20 +101,24 @@ def test_build_inputs_are_prepared_or_calibrated(tiny_dar_package, tmp_path):
     pkg = tmp_path / "pkg"
     shutil.copytree(tiny_dar_package, pkg)
     quiet = lambda *a: None  # noqa: E731
-    entry = _prepared_entry(pkg, "decode", "fp16", True, "int8", quiet)  # prepares prefill + decode on demand
+
+    def entry_of(graph, precision, auto, variant):
+        return _prepared_entry(Manifest.load(pkg), graph, precision, auto, variant, quiet)[1]
+
+    entry = entry_of("decode", "fp16", True, "int8")  # prepares prefill + decode on demand
     assert entry["file"] == "graphs/decode.fp16.onnx" and entry["kv_cache_dtype"] == "float16"
     assert {"prefill.fp16", "decode.fp16"} <= set(load_manifest(pkg)["prepared"])
     with pytest.raises(DartrtError, match="has no vq_decoder.fp32 graph"):
-        _prepared_entry(pkg, "vq_decoder", "fp16", False, "int8", quiet)
+        entry_of("vq_decoder", "fp16", False, "int8")
     with pytest.raises(DartrtError, match="no decode graph in calibration variant 'int8'.*dartrt calibrate"):
-        _prepared_entry(pkg, "decode", "int8", True, "int8", quiet)
+        entry_of("decode", "int8", True, "int8")
     with pytest.raises(DartrtError, match="no decode graph in calibration variant 'fp8-fp16'"):
-        _prepared_entry(pkg, "decode", "fp8", True, "fp8-fp16", quiet)
+        entry_of("decode", "fp8", True, "fp8-fp16")
     # A recorded calibration variant is checked and op-reported at build time (here: a stand-in file).
     data = load_manifest(pkg)
     data["calibration"] = {"variants": {"int8": {"graphs": {"decode": {"file": "decode.onnx"}}}}}
     write_manifest(pkg, data)
-    entry = _prepared_entry(pkg, "decode", "int8", True, "int8", quiet)
+    entry = entry_of("decode", "int8", True, "int8")
     assert entry["trt_support"]["unsupported"] == 0 and entry["kv_cache_dtype"] == "float32"
     # A prepared graph the parser cannot take is refused before TensorRT is even asked.
     data = load_manifest(pkg)
@@ -121,7 +126,7 @@ def test_build_inputs_are_prepared_or_calibrated(tiny_dar_package, tmp_path):
         unsupported=1, issues=[{"node": "n", "op_type": "Unique", "status": "unsupported", "reason": "no"}])
     write_manifest(pkg, data)
     with pytest.raises(DartrtError, match=r"1 node\(s\) the TensorRT parser does not support, e.g. n \(Unique\)"):
-        _prepared_entry(pkg, "decode", "fp16", True, "int8", quiet)
+        entry_of("decode", "fp16", True, "int8")
 
 
 # ---- without TensorRT ----------------------------------------------------------------------------------
@@ -182,12 +187,13 @@ def test_build_records_engines(built_package):
 def test_decode_engine_matches_polygraphy_and_onnxruntime(built_package):
     """Polygraphy's TrtRunner (which binds the aliased cache outputs itself) against onnxruntime on the
     same fp16 graph, on real decode steps: FP16 tolerance 1e-2 on logits."""
-    from dartrt.graphs.feeds import cast_feed, decode_trace, graph_inputs
-    from dartrt.runtime.manifest import Manifest
     from polygraphy.backend.common import BytesFromPath
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
+
+    from dartrt.graphs.feeds import cast_feed, decode_trace, graph_inputs
+    from dartrt.runtime.manifest import Manifest
 
     manifest = Manifest.load(built_package)
     onnx_path = built_package / manifest.data["prepared"]["decode.fp16"]["file"]
@@ -204,9 +210,8 @@ def test_decode_engine_matches_polygraphy_and_onnxruntime(built_package):
 @pytest.mark.trt
 @needs_trt
 def test_trt_backend_generates_like_onnxruntime(built_package):
-    from dartrt.runtime.package import open_package_backend
-
     from dartrt import runtime
+    from dartrt.runtime.package import open_package_backend
 
     trt_b = open_package_backend(built_package, "tensorrt")
     ort_b = open_package_backend(built_package, "onnxruntime-cpu")

@@ -21,17 +21,17 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
+
+from dartrt import runtime  # noqa: E402
 from dartrt.runtime.errors import DartrtError  # noqa: E402
 from dartrt.runtime.manifest import load_manifest  # noqa: E402
 from dartrt.runtime.package import open_package_backend  # noqa: E402
-from dartrt.runtime.variants import (  # noqa: E402
+from dartrt.runtime.precisions import (  # noqa: E402
     engine_precision,
     list_precisions,
     precision_manifest,
     resolve_precision,
 )
-
-from dartrt import runtime  # noqa: E402
 
 INT8 = "int8-dynamic"
 FILES = {"prefill": f"calibration/prefill.{INT8}.onnx", "decode": f"calibration/decode.{INT8}.onnx"}
@@ -101,8 +101,8 @@ def test_resolve_and_errors(pkg):
 
 
 def test_precision_manifest_points_at_the_variant(pkg, fp16_pkg):
-    from dartrt.exporter.parity import graph_checks
     from dartrt.runtime.manifest import Manifest
+    from dartrt.verify import graph_checks
 
     view = precision_manifest(Manifest.load(pkg), resolve_precision(load_manifest(pkg), INT8))
     assert view.graph("decode").path == pkg / FILES["decode"]
@@ -155,15 +155,6 @@ def test_int8_variant_generates_close_to_fp32(pkg):
         runtime.generate(ref, classes, precision=INT8)
 
 
-def test_sessions_ask_for_exact_int8_gemms_on_cpus_without_vnni():
-    """The U8S8 saturation fix must reach every backend session (the test above fails without it on
-    such CPUs; on VNNI CPUs ORT ignores the option)."""
-    from dartrt.runtime.ort_backend import SessionSettings
-
-    opts = SessionSettings(providers="cpu").options()
-    assert opts.get_session_config_entry("session.x64quantprecision") == "1"
-
-
 def test_fp16_runs_with_an_fp16_cache(fp16_pkg):
     ref, test = _open(fp16_pkg), _open(fp16_pkg, "fp16")
     assert test.cache_dtype == np.float16 and test.name == "onnxruntime[fp16]"
@@ -173,7 +164,7 @@ def test_fp16_runs_with_an_fp16_cache(fp16_pkg):
 
 
 def test_open_variant_goes_through_the_runtime(pkg, tmp_path):
-    from dartrt.calibration.backend import open_variant
+    from dartrt.calibration.variant_backend import open_variant
 
     def same_logits(a, b) -> bool:
         lock = TeacherForced(a, b)

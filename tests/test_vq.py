@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dartrt.dar.demo.train_vq import TrainVQOptions, _restart_dead_codes, _spherical_kmeans, psnr_uint8, train_vq
+
+from dartrt.dar.demo.train_vq import TrainVQOptions, _restart_dead_codes, _spherical_kmeans, train_vq
 from dartrt.dar.vq import (
     VQ_PRESETS,
     VQConfig,
@@ -214,11 +215,3 @@ def test_kmeans_and_dead_code_restart() -> None:
     assert n == TINY.codebook_size - 5
     assert torch.equal(after[:5], before[:5])
     assert (after[5:] @ centres.t()).max(dim=-1).values.min() > 0.95  # moved onto the data
-
-
-def test_psnr_uint8() -> None:
-    a = torch.zeros(1, 4, 4, 3, dtype=torch.uint8)
-    assert psnr_uint8(a, a) == float("inf")
-    b = a.clone()
-    b[...] = 255
-    assert abs(psnr_uint8(a, b)) < 1e-9

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dartrt.runtime.fileio import atomic_write
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from dartrt.runtime.fileio import atomic_write
 
 from .shapes import IMAGE_SIZE, NUM_CLASSES, make_batch
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from dartrt.runtime.backend import Backend
 from dartrt.runtime.pipeline import generate_with_backend
 

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dartrt.runtime.errors import DartrtError
 from safetensors.torch import load_file, save_file
 
-from ..checkpoint import atomic_write, save_checkpoint
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write, atomic_write_json
+
+from ..checkpoint import save_checkpoint
 from ..config import ModelConfig, get_preset
 from ..vq import VQ_PRESETS, VQModel, build_vq
 from .classifier import save_classifier, train_classifier
@@ -124,7 +126,7 @@ def _save_tokenizer_cache(folder: Path, vq_model: VQModel, info: dict, grids: np
     state = {k: v.contiguous() for k, v in vq_model.state_dict().items()}
     atomic_write(folder / "vq_full.safetensors", lambda p: save_file(state, p))
     atomic_write(folder / "tokens.npz", lambda p: np.savez(open(p, "wb"), grids=grids, labels=labels))
-    atomic_write(folder / "done.json", lambda p: Path(p).write_text(json.dumps(info) + "\n"))
+    atomic_write_json(folder / "done.json", info)
 
 
 def _fill_budget(phase: TrainDAROptions, left_s: float, log) -> TrainDAROptions:
@@ -208,5 +210,5 @@ def train_demo(out: str | Path, recipe: DemoRecipe | None = None, progress: bool
               "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
               "torch_threads": torch.get_num_threads(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # the timings depend on it
-    atomic_write(out / "train_log.json", lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
+    atomic_write_json(out / "train_log.json", report)
     return report

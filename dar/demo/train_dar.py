@@ -10,8 +10,9 @@ from unittest import mock
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dartrt.runtime.orders import direction_ids, gather_from_grid, make_order, positions_table
 from tqdm import tqdm
+
+from dartrt.runtime.orders import direction_ids, gather_from_grid, make_order, positions_table
 
 from ..config import ModelConfig
 from ..model import Transformer, build_model

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dartrt.dar.vq import VQConfig, VQModel, build_vq, to_uint8
 from tqdm import tqdm
 
-__all__ = ["TrainVQOptions", "evaluate_vq", "images_to_tensor", "psnr_uint8", "train_vq"]
+from dartrt.dar.vq import VQConfig, VQModel, build_vq, to_uint8
+from dartrt.runtime.metrics import psnr_uint8
+
+__all__ = ["TrainVQOptions", "evaluate_vq", "images_to_tensor", "train_vq"]
 
 ImagesFn = Callable[[int, int], np.ndarray]
 
@@ -53,12 +55,6 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
         raise ValueError(f"expected uint8 [N,H,W,3] images, got {images.dtype} {images.shape}")
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0
-
-
-def psnr_uint8(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB between two uint8 image batches (peak 255), over the whole batch."""
-    mse = torch.mean((a.float() - b.float()) ** 2).item()
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def _lr_at(step: int, steps: int, lr: float, opts: TrainVQOptions) -> float:
@@ -127,7 +123,7 @@ def evaluate_vq(model: VQModel, images: np.ndarray) -> tuple[float, torch.Tensor
     ids = model.encode_to_indices(images_to_tensor(images))
     recon = to_uint8(model.decode_indices(ids))
     model.train(was_training)
-    return psnr_uint8(recon, torch.from_numpy(images)), ids
+    return psnr_uint8(recon.numpy(), images), ids
 
 
 def train_vq(

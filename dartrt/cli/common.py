@@ -78,8 +78,8 @@ def open_backend(source: str | None, backend: str, dtype: str = "fp32", precisio
             "exported package runs without it)")
     import torch
 
-    from dartrt.dar.backend import TorchBackend
     from dartrt.dar.checkpoint import resolve_source
+    from dartrt.dar.torch_backend import TorchBackend
 
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
     return TorchBackend(resolve_source(source), dtype=torch_dtype)

@@ -59,9 +59,9 @@ def eval_demo_cmd(source, n_per_class, seed, backend, write):
 
 
 def _eval_demo(source, n_per_class: int, seed: int, backend: str, write: bool) -> None:
-    import json
 
-    from dartrt.dar.checkpoint import BUNDLED, atomic_write
+    from dartrt.dar.checkpoint import BUNDLED
+    from dartrt.runtime.fileio import atomic_write_json
     require(("torch", "safetensors"), "`dartrt eval-demo` (its judge is a torch classifier)")
     from dartrt.dar.demo.evaluate import evaluate_backend
 
@@ -80,5 +80,5 @@ def _eval_demo(source, n_per_class: int, seed: int, backend: str, write: bool) -
             click.echo("  Fréchet distance by class, x real: " + ", ".join(
                 f"{name} {ratio:.1f}" for name, ratio in row["per_class_fd_ratio"].items() if ratio is not None))
     if write:
-        atomic_write(folder / "metrics.json", lambda p: Path(p).write_text(json.dumps(report, indent=2) + "\n"))
+        atomic_write_json(folder / "metrics.json", report)
         click.echo(f"wrote {folder / 'metrics.json'}")

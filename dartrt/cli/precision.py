@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from dartrt.extras import EXPORT_MODULES, require
+from dartrt.runtime.contract import ALL_GRAPHS
 
 from .common import one_line_errors
 
@@ -67,7 +68,7 @@ def calibrate_cmd(package, samples, method, formats, high_precision, keep, sourc
               help="Images per batch; decoder engines take up to 2x rows (CFG).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache to load and append to (speeds up rebuilds).")
-@click.option("--graph", "graphs", type=click.Choice(["prefill", "decode", "vq_decoder"]), multiple=True,
+@click.option("--graph", "graphs", type=click.Choice(ALL_GRAPHS), multiple=True,
               help="Build only this graph (repeatable). Default: all three.")
 @one_line_errors
 def build_cmd(package, precision, max_batch, timing_cache, graphs):
@@ -76,6 +77,6 @@ def build_cmd(package, precision, max_batch, timing_cache, graphs):
     from dartrt.graphs.trt_build import build_engines, require_tensorrt
 
     require_tensorrt()
-    report = build_engines(package, precision, graphs=tuple(graphs) or ("prefill", "decode", "vq_decoder"),
+    report = build_engines(package, precision, graphs=tuple(graphs) or ALL_GRAPHS,
                            max_batch=max_batch, timing_cache=timing_cache, log=click.echo)
     click.echo(f"built {', '.join(report.engines)} in {package}")

@@ -32,9 +32,9 @@ def verify(package, backend, source, seeds, threads, json_path, precision):
     grids, decoded images, and the decode graph under Polygraphy. Exit 1 if any check fails."""
     import json
 
-    from dartrt.dar.checkpoint import atomic_write
+    from dartrt.runtime.fileio import atomic_write
     require(EXPORT_MODULES, "`dartrt verify` (it rebuilds the torch reference)")
-    from dartrt.exporter.parity import ParitySettings, format_table, verify_package
+    from dartrt.verify import ParitySettings, format_table, verify_package
 
     if threads is not None and threads < 1:
         raise DartrtError(f"--threads must be >= 1, got {threads}")

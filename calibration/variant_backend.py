@@ -1,6 +1,6 @@
 """Run a quantized variant through the ordinary onnxruntime backend.
 
-A calibration variant is a first-class runtime precision (`runtime.variants`): `open_package_backend(
+A calibration variant is a first-class runtime precision (`dartrt.runtime.precisions`): `open_package_backend(
 pkg, precision="int8")` opens the package (hashes checked) with the variant's prefill/decode files in
 place of the exported ones. The I/O contract is unchanged (same names, fp32 logits and caches), so the
 caches are still aliased in place. The sensitivity sweep's scratch graphs, which no manifest lists,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from dartrt.runtime.backend import ModelInfo
+from dartrt.runtime.contract import PAST, cache_names
 from dartrt.runtime.images import to_uint8
 
 from .checkpoint import Checkpoint
@@ -48,6 +50,15 @@ class TorchBackend:
         logits, self.caches = self.model.decode(self._t(token_ids), self._t(positions), self._t(direction),
                                                 write, self.caches, self.modulation)
         return logits[:, -1].float().cpu().numpy()
+
+    def cache_feed(self, prefix: str = PAST, rows: np.ndarray | None = None, fill: int | None = None
+                   ) -> dict[str, np.ndarray]:
+        """The live caches as named fp32 numpy arrays (the graph contract's names under ``prefix``), as
+        copies: of ``rows`` only, and of the first ``fill`` slots only, when given."""
+        names = cache_names(len(self.caches), prefix)
+        tensors = [t for kv in self.caches for t in kv]
+        pick = slice(None) if rows is None else torch.as_tensor(rows, device=self.device)
+        return {name: t[pick, :, :fill].float().cpu().numpy().copy() for name, t in zip(names, tensors)}
 
     @torch.no_grad()
     def decode_vq(self, grids: np.ndarray) -> np.ndarray:

@@ -43,24 +43,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dartrt.dar.backend import TorchBackend
-from dartrt.dar.checkpoint import Checkpoint, load_checkpoint, random_checkpoint
+
+from dartrt.dar.checkpoint import Checkpoint
 from dartrt.dar.config import ModelConfig
+from dartrt.dar.reference import reference_checkpoint
+from dartrt.dar.torch_backend import TorchBackend
+from dartrt.runtime.contract import DECODER_GRAPHS, MODULATION, PAST, graph_io, step_feed
 from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write_json, sha256_file
+from dartrt.runtime.manifest import Manifest
 from dartrt.runtime.scheduler import build_request, sample_tokens
 
-from .store import TRACES_DIR, atomic_json, package_manifest, update_calibration_entry
+from .store import TRACES_DIR, update_calibration_entry
 from .traceset import (
-    CACHE_PREFIX,
-    MODULATION,
-    STEP_INPUTS,
     TRACES_FORMAT,
     TRACES_VERSION,
     Sample,
     load_traces,
     pack,
     save_npz,
-    sha256_of,
     traces_dir,
     verify_traces,
 )
@@ -70,14 +71,9 @@ ROWS = 2  # one image with CFG: its cond row and its null-class row
 MAX_TRACE_BYTES = 2 << 30  # refuse beyond this unless told (`max_bytes`)
 
 
-def cache_input_names(n_layer: int) -> list[str]:
-    return [f"{CACHE_PREFIX}{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]
-
-
 def graph_inputs(cfg: ModelConfig, graph: str) -> list[str]:
-    """The exporter's input names of ``graph`` (see exporter/graphs.py), in graph order."""
-    mod = [MODULATION] if cfg.adaln and graph == "decode" else []
-    return [*STEP_INPUTS, *mod, *cache_input_names(cfg.n_layer)]
+    """The input names of ``graph``, in graph order (the graph contract's)."""
+    return list(graph_io(graph, cfg.n_layer, cfg.adaln).inputs)
 
 
 def estimate_bytes(cfg: ModelConfig, n_decode: int) -> int:
@@ -132,7 +128,7 @@ class RecordingBackend(TorchBackend):
         super().__init__(ckpt, dtype=torch.float32, device="cpu")
         self.plan = plan
         self.batch_size = batch_size
-        self.names = {g: graph_inputs(ckpt.config, g) for g in ("prefill", "decode")}
+        self.names = {g: graph_inputs(ckpt.config, g) for g in DECODER_GRAPHS}
         self.samples: dict[str, list[Sample]] = {"prefill": [], "decode": []}
         self._by_step: dict[int, list[int]] = {}
         for img, t in plan.decode:
@@ -147,14 +143,6 @@ class RecordingBackend(TorchBackend):
             return None
         return np.array([local, local + self._images])
 
-    def _caches(self, rows: np.ndarray, fill: int) -> dict[str, np.ndarray]:
-        out = {}
-        names = cache_input_names(len(self.caches))
-        for i, (k, v) in enumerate(self.caches):
-            out[names[2 * i]] = k[rows, :, :fill].float().numpy().copy()
-            out[names[2 * i + 1]] = v[rows, :, :fill].float().numpy().copy()
-        return out
-
     def prefill(self, class_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray) -> np.ndarray:
         self._batch += 1
         if len(class_ids) % 2:
@@ -165,10 +153,8 @@ class RecordingBackend(TorchBackend):
             rows = self._local(img)
             if rows is None:
                 continue
-            inputs = {"input_ids": np.asarray(class_ids, dtype=np.int64)[rows][:, None],
-                      "positions": np.asarray(positions, dtype=np.int64),
-                      "direction": np.asarray(direction, dtype=np.int64),
-                      "write_index": np.zeros(ROWS, dtype=np.int64), **self._caches(rows, 0)}
+            inputs = {**step_feed(np.asarray(class_ids)[rows][:, None], positions, direction, 0),
+                      **self.cache_feed(PAST, rows, 0)}
             self.samples["prefill"].append(Sample(inputs, img, self.plan.image_classes[img], 0, 0, logits[rows]))
         return logits
 
@@ -179,11 +165,8 @@ class RecordingBackend(TorchBackend):
             rows = self._local(img)
             if rows is None:
                 continue
-            inputs = {"input_ids": np.asarray(token_ids, dtype=np.int64)[rows],
-                      "positions": np.asarray(positions, dtype=np.int64),
-                      "direction": np.asarray(direction, dtype=np.int64),
-                      "write_index": np.full(ROWS, int(write_index), dtype=np.int64),
-                      **self._caches(rows, int(write_index))}
+            inputs = {**step_feed(np.asarray(token_ids)[rows], positions, direction, write_index),
+                      **self.cache_feed(PAST, rows, int(write_index))}
             if self.modulation is not None:
                 inputs[MODULATION] = self.modulation[rows].float().numpy().copy()
             pending.append((img, rows, inputs))
@@ -212,20 +195,9 @@ class TraceSummary:
 
 
 def checkpoint_for_package(pkg: str | Path, source: str | None = None) -> Checkpoint:
-    """The torch checkpoint a package was exported from: ``source`` if given, else the manifest's.
-
-    The exporter records ``source`` as a checkpoint folder or ``preset NAME (random weights)``;
-    either is rebuilt here. `verify_traces` later proves the weights really are the package's."""
-    from dartrt.dar.checkpoint import resolve_source
-
-    if source is not None:
-        return resolve_source(source)
-    recorded = str(package_manifest(pkg).get("source", ""))
-    if recorded.startswith("preset ") and recorded.endswith(" (random weights)"):
-        return random_checkpoint(recorded[len("preset "):-len(" (random weights)")])
-    if recorded and Path(recorded).is_dir():
-        return load_checkpoint(recorded)
-    raise DartrtError(f"cannot find the checkpoint of {pkg} (manifest source {recorded!r}); pass --source")
+    """The torch checkpoint a package was exported from (`dartrt.dar.reference`); `verify_traces` later
+    proves the recorded traces really replay through the package."""
+    return reference_checkpoint(Manifest.read(pkg), source)
 
 
 def _coverage(steps: list[int], seq_len: int, bins: int = 8) -> list[int]:
@@ -240,7 +212,7 @@ def record_traces(pkg: str | Path, ckpt: Checkpoint, n_decode: int = DEFAULT_DEC
     """Generate with the reference, record the planned calls, and write ``calibration/traces/``."""
     pkg = Path(pkg)
     config = ckpt.config
-    manifest = package_manifest(pkg)
+    manifest = Manifest.read(pkg).data
     if manifest["model"] != config.to_dict():
         raise DartrtError(f"the checkpoint {ckpt.source} does not match the package's model config; pass the "
                           "checkpoint the package was exported from (--source)")
@@ -267,7 +239,7 @@ def record_traces(pkg: str | Path, ckpt: Checkpoint, n_decode: int = DEFAULT_DEC
         path = folder / f"{graph}.npz"
         save_npz(path, pack(samples, names))
         steps = [s.step for s in samples]
-        graphs[graph] = {"file": path.name, "sha256": sha256_of(path), "bytes": path.stat().st_size,
+        graphs[graph] = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
                          "samples": len(samples), "inputs": names, "rows_per_sample": ROWS,
                          "classes": sorted({s.class_id for s in samples}),
                          "steps": sorted(set(steps)), "steps_per_eighth": _coverage(steps, config.seq_len)}
@@ -285,7 +257,7 @@ def record_traces(pkg: str | Path, ckpt: Checkpoint, n_decode: int = DEFAULT_DEC
         "graphs": graphs, "recorded_seconds": round(seconds, 1),
         "producer": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
     }
-    atomic_json(folder / "manifest.json", meta)
+    atomic_write_json(folder / "manifest.json", meta)
     summary = TraceSummary({g: v["samples"] for g, v in graphs.items()}, {g: v["bytes"] for g, v in graphs.items()},
                            plan.classes_covered, [s.step for s in backend.samples["decode"]], seconds)
     if verify:

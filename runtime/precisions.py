@@ -23,12 +23,12 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .contract import DECODER_GRAPHS
 from .errors import DartrtError
 from .manifest import Manifest
 
 FP32 = "fp32"
 FP16 = "fp16"
-DECODER_GRAPHS = ("prefill", "decode")
 ENGINE_PRECISIONS = ("fp16", "int8", "fp8", "int4-awq", "fp32")
 # How each calibration variant is made (calibration.quantize.QuantizeConfig.variant, reversed).
 CALIBRATE_FLAGS = {"int8": "--format qdq", "int8-fp16": "--format qdq --high-precision fp16",

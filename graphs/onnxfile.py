@@ -1,4 +1,5 @@
-"""Saving graphs inside a package: atomically, with external data when protobuf would overflow.
+"""ONNX files in a package: the opset they are written at, when weights go to external data, and
+saving them atomically.
 
 A pass must never leave a half-written graph where the manifest (or a reader racing it) expects a
 whole one, so the .onnx is written under a hidden temporary name (the manifest ignores dot-files) and
@@ -7,16 +8,29 @@ renamed into place. Weights above `EXTERNAL_DATA_BYTES` go to `<name>.data` besi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
-from dartrt.runtime.errors import DartrtError
 
-# protobuf refuses messages of 2 GiB; stay well below it (the exporter uses the same bound).
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write
+
+# The step graphs need RotaryEmbedding and Attention (opset 23) and TensorScatter (24); TensorRT's parser
+# reads up to 24. The dynamo exporter writes broken files at 17 and at 26 and above without an error.
+OPSET = 24
+MIN_OPSET, MAX_OPSET = 18, 25
+# protobuf refuses messages of 2 GiB; above this many weight bytes a graph keeps them in external data.
 EXTERNAL_DATA_BYTES = 1 << 30
+# Initializers up to this size stay in the proto even with external data: shape inference (and so
+# onnx.checker's full check) cannot read external data, and shapes depend on small integer tensors.
+INLINE_BYTES = 1024
+
+
+def check_opset(opset: int) -> None:
+    if isinstance(opset, bool) or int(opset) != opset or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise DartrtError(f"opset {opset} is outside {MIN_OPSET}..{MAX_OPSET}: the dynamo exporter writes broken "
+                          "files at 17 and at 26 and above")
 
 
 def weight_bytes(model: onnx.ModelProto) -> int:
@@ -34,21 +48,17 @@ def weight_bytes(model: onnx.ModelProto) -> int:
 def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
     """Write ``model`` to ``path`` atomically (external data file ``<name>.data`` when large)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     external = weight_bytes(model) > EXTERNAL_DATA_BYTES
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         if external:
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{path.name}.data", size_threshold=1024)
+                            location=f"{path.name}.data", size_threshold=INLINE_BYTES)
         else:
             onnx.save_model(model, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, write)
     except (OSError, ValueError) as exc:
         raise DartrtError(f"cannot write {path}: {exc}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
