@@ -85,7 +85,7 @@ def cuda_copy_bandwidth(nbytes: int = DEFAULT_BYTES, passes: int = 10, device: s
     """Best-of-``passes`` device-to-device copy of ``nbytes`` with torch; counts read + written bytes.
 
     Timed with ``torch.cuda.Event(enable_timing=True)`` / ``elapsed_time`` (milliseconds). CI has no GPU;
-    run on one H200 it gave 4.1-4.2 TB/s for 1 GiB, well past its 60 MiB L2 (README, "Measured").
+    run on one H200 it gave 4.1-4.2 TB/s for 1 GiB, well past its 60 MiB L2 (docs/benchmarks.md, "GPU").
     """
     import torch
 

@@ -1,7 +1,7 @@
 """One decode step of the torch reference on static buffers, replayed from a CUDA graph.
 
 Why: eager torch pays a kernel launch (and Python dispatch) per op, which at decode batch sizes costs
-more than the bandwidth floor of the step (toolchain-notes.md §6.2); a CUDA graph replays the whole
+more than the bandwidth floor of the step (docs/design.md, "The performance model"); a CUDA graph replays the whole
 step with one launch. Replay reruns the captured kernels on the captured *addresses*, so every input
 must live in a static device tensor updated in place with ``copy_`` before ``replay()``: the token ids,
 positions, direction and write index here, and the KV cache, which the model's ``decode`` already
@@ -12,7 +12,7 @@ lazy initialisation (cuBLAS handles, autotuning, allocator growth) happens outsi
 ``with torch.cuda.graph(g): out = fn()``; ``out`` is a static output overwritten by every replay.
 The capture itself is passed in (``capture=``), so the static-buffer logic can be checked on the CPU
 with `eager_capture` (CI has no GPU); the CUDA path ran on one H200, eager, plain and torch.compile'd
-steps alike, with the replayed logits equal to eager's (README, "Measured").
+steps alike, with the replayed logits equal to eager's (docs/benchmarks.md, "GPU").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 At batch sizes a generator runs at, a decode step is a handful of matrix-vector products: every
 weight is read once and used for only a few rows, so time is bounded below by bytes / bandwidth, not
-by FLOPs (architecture.md, "Performance model"; toolchain-notes.md §6.2). The bytes are counted from
+by FLOPs (docs/design.md, "The performance model"). The bytes are counted from
 what the exported graph holds, not from a formula of the config, so fp16 and int8 packages are
 priced by what they really store:
 

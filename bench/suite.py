@@ -37,8 +37,8 @@ from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
 from dartrt.runtime.scheduler import build_request, sample_tokens
 
-from . import gpu
 from .bandwidth import DEFAULT_BYTES, Bandwidth, cuda_copy_bandwidth, host_read_bandwidth
+from .gpu import accelerator_section, check_dtypes
 from .inputs import Inputs, fill_cache
 from .precisions import FP32, FillTrace, open_precision, resolve_precisions, top1_agreement
 from .report import format_table, write_json_atomic
@@ -288,10 +288,10 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
     cfg_scale = (info.default_cfg if info.default_cfg != 1.0 else 4.0) if cfg else None
     run_gpu = gpu_only or (use_torch and (accelerator if accelerator is not None else _cuda_available()))
     if run_gpu:
-        gpu.check_dtypes(roofline, gpu_dtypes)
+        check_dtypes(roofline, gpu_dtypes)
 
     def gpu_section(ckpt) -> dict:
-        return gpu.accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index,
+        return accelerator_section(ckpt, roofline, info, sizes, cfg, repeats, warmup, write_index,
                                        dtypes=tuple(gpu_dtypes), compile_backend="inductor" if gpu_compile else None,
                                        log=log)
 

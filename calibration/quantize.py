@@ -4,8 +4,8 @@ Formats (each writes ``calibration/<graph>.<variant>.onnx`` for prefill and deco
 
 - ``qdq`` → variant ``int8`` (``int8-fp16`` with ``high_precision='fp16'``): ModelOpt ONNX PTQ, W8A8
   with explicit QuantizeLinear/DequantizeLinear. This is the TensorRT path: TRT 11 is strongly typed
-  and has no INT8 builder flag or calibrator, so INT8 must be *in the graph* (toolchain notes §0.1,
-  §3.4). Weights per output channel (symmetric, zero-point 0), stored as INT8 behind a DQ
+  and has no INT8 builder flag or calibrator, so INT8 must be *in the graph* (docs/design.md,
+  "Backends"). Weights per output channel (symmetric, zero-point 0), stored as INT8 behind a DQ
   (``dq_only``: a quarter of the fp32 file, and TRT takes pre-quantized weights as they are);
   activations per tensor from the traces by ``max`` (no clipping; our default) or ``entropy``
   (KL-optimal clipping, ModelOpt's default). On the trained demo, max halves the guided KL of
@@ -28,8 +28,8 @@ Formats (each writes ``calibration/<graph>.<variant>.onnx`` for prefill and deco
   DAR-demo-sized decode call (2 rows, one core), with it 0.54 ms, at the same top-1.
   Not a TensorRT INT8 path (TRT has weight-only INT4, not INT8).
 
-Beyond INT8, same machinery, same exclusions, same report (toolchain notes: on Hopper, FP8 for larger
-batches, INT4 AWQ for memory-bound small-batch decoding):
+Beyond INT8, same machinery, same exclusions, same report (on Hopper, FP8 for larger batches, INT4 AWQ
+for memory-bound small-batch decoding; docs/precisions.md):
 
 - ``fp8`` → ``fp8`` (``fp8-fp16`` with ``high_precision='fp16'``): ModelOpt ``quantize_mode='fp8'``,
   FP8 E4M3 Q/DQ on the same GEMMs as ``qdq``. Activations per tensor, calibrated from our traces

@@ -1,6 +1,7 @@
 """How much INT8 costs, measured on the CPU with onnxruntime running the quantized graphs.
 
-Three levels, each a different question (architecture.md, verification ladder 2–4):
+Three levels, each a different question (docs/design.md, "The verification ladder"; docs/precisions.md,
+"How a form is judged"):
 
 1. **Step level, teacher-forced.** FP32 generates token sequences (model-default sampling and CFG,
    seeded); then FP32 and INT8 are both fed exactly those tokens, so every step is compared on the

@@ -1,7 +1,7 @@
 """Model configuration and presets.
 
 One dataclass covers every family member. DAR's unknowns (the paper gives ideas, not constants) are
-fields, so that a real checkpoint can set them; the defaults are our reconstruction (dar-spec.md).
+fields, so that a real checkpoint can set them; the defaults are our reconstruction (docs/design.md, "Conventions").
 """
 
 from __future__ import annotations
@@ -134,11 +134,11 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny-1d": ModelConfig(name="tiny-1d", family="d-ar", n_layer=2, d_model=64, n_head=4, vocab_size=512,
                            num_classes=10, grid_size=8, rope="1d", token_embedding="learned", adaln=False,
                            order="raster"),
-    # The bundled demo's architecture (trained weights live in models/demo). Heads of 64 rather than 32:
-    # PyTorch's CPU attention is slower at head_dim 32; training steps ran 1.1-1.4x faster (README). Width
-    # 128 rather than 192: in the same training compute the smaller DAR learned far more (README).
-    # Default CFG 1.25: on the bundled model (seeds 0-2, 50 per class) it matches 1.5's class accuracy
-    # (92.3 % both) at a lower Frechet distance (5.2x against 6.7x real); 1.0 gives 89.6 % (README).
+    # The bundled demo's architecture (trained weights live in models/demo; docs/demo-model.md, "What was
+    # tried"). Heads of 64 rather than 32: PyTorch's CPU attention is slower at head_dim 32; training steps
+    # ran 1.1-1.4x faster. Width 128 rather than 192: in the same training compute the smaller DAR learned
+    # far more. Default CFG 1.25: the best of 1.0/1.1/1.25/1.5 on seeds 0-2 and held-out seeds 3-4
+    # (docs/demo-model.md, "Quality").
     # 512 feed-forward units (the 8d/3 rule would give 384 at this width): the size the demo was measured at.
     "DAR-demo": ModelConfig(name="DAR-demo", n_layer=6, d_model=128, n_head=2, vocab_size=512,
                             num_classes=10, grid_size=16, codebook_dim=8, ffn_multiple_of=64, ffn_hidden=512,

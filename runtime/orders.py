@@ -1,7 +1,7 @@
 """Scan orders, direction ids and per-index position tables (numpy only).
 
 The reference model, the exporter and every backend take these from here, so there is one definition
-of where token t sits on the grid. Conventions (see dar-spec.md):
+of where token t sits on the grid. Conventions (docs/design.md, "Conventions"):
 
 - An *order* is an int array [G*G, 2] of (row, col) cells: ``order[k]`` is the cell of image token
   k+1 (index 0 of the sequence is the class token).

@@ -1,6 +1,6 @@
 """TensorRT as a `Backend`: device-resident KV cache, in-place updates, one stream, a CUDA graph per step.
 
-Why this shape (architecture.md, "The step is device-resident"):
+Why this shape (docs/design.md, "Backends" and "The graph contract"):
 - each layer's K/V cache is one device buffer for the whole batch, bound once with `set_tensor_address`
   as both `past_key_values.{i}.*` and `present.{i}.*`: the engine's in-place `IKVCacheUpdateLayer`
   requires that (`engine.get_aliased_input_tensor(present)` names the past it aliases), and it means

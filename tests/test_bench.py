@@ -446,11 +446,9 @@ def test_gpu_only_runs_the_gpu_section_alone(tiny_dar_package, tmp_path, monkeyp
     CUDA parts stood in for by the CPU, as in the tests above)."""
     import functools
 
-    import dartrt.bench.gpu as gpu
-
     fake_bw = Bandwidth(10.0, SMALL, 1e-3, 1, "fake", 1, "fake device")
     monkeypatch.setattr(suite, "_cuda_available", lambda: True)
-    monkeypatch.setattr(gpu, "accelerator_section", functools.partial(
+    monkeypatch.setattr(suite, "accelerator_section", functools.partial(
         accelerator_section, device="cpu", capture=eager_capture, bandwidth=fake_bw))
 
     def no_ort(*_a, **_k):

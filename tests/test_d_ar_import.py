@@ -205,7 +205,7 @@ def _one_line(exc: pytest.ExceptionInfo, *needles: str) -> None:
 # ---- full size, shapes only ------------------------------------------------------------------------------
 def test_tokenizer_v1_full_size_layout_imports():
     shapes = public_tokenizer_shapes(TOKENIZER_V1)
-    assert 290e6 < sum(torch.Size(s).numel() for s in shapes.values()) < 310e6  # the README's "300M"
+    assert 290e6 < sum(torch.Size(s).numel() for s in shapes.values()) < 310e6  # D-AR reports about 300M parameters
     ckpt = {"model": meta_dict(shapes, "_orig_mod."), "ema": meta_dict(shapes), "config": {"model": TOKENIZER_V1}}
     tok = import_tokenizer(ckpt)
     assert dataclasses.replace(tok.cfg, name="tokenizer_v1") == get_tokenizer_preset("tokenizer_v1")

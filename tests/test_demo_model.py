@@ -9,7 +9,7 @@ pytestmark = pytest.mark.skipif(not (BUNDLED / "config.json").is_file(),
                                 reason=f"bundled demo model not found at {BUNDLED}")
 
 # Judged by the bundled classifier; metrics.json holds the full 50-per-class figures. A regression guard:
-# the model measures 96.8 % at its default CFG 1.25 (50 per class, seed 0; target 90 %, README).
+# the model measures 96.8 % at its default CFG 1.25 (50 per class, seed 0; target 90 %, docs/demo-model.md).
 MIN_ACCURACY = 0.6
 
 

@@ -11,8 +11,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 say() { printf 'dist-check: %s\n' "$*"; }
 
-say "building the wheel"
-"$repo/.venv/bin/python" -m pip wheel "$repo" --no-deps --no-build-isolation -q -w "$work/dist"
+say "building the wheel from the files a clean clone would have"
+mkdir -p "$work/src"
+(cd "$repo" && git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
+   if [ -f "$f" ]; then cp --parents "$f" "$work/src"; fi; done)
+"$repo/.venv/bin/python" -m pip wheel "$work/src" --no-deps --no-build-isolation -q -w "$work/dist"
 wheel=$(ls "$work"/dist/dartrt-*.whl)
 cd "$work"
 

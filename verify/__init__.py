@@ -1,7 +1,7 @@
 """`dartrt verify`: the verification ladder of a package's backend against the PyTorch reference that produced it.
 
 Each rung answers a different question, so each has its own figure and bound (docs/design.md,
-"Verification"):
+"The verification ladder"):
 
 1. graph: every ONNX file passes ``onnx.checker`` and strict shape inference, and its I/O matches
    the manifest (more graph rows, such as a TensorRT op-support report, come in via ``extra_checks``);

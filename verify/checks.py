@@ -1,7 +1,7 @@
 """The rows of a verification report: what was measured, the bound it must meet, the verdict.
 
 Every rung of the ladder produces `Check` rows; the report and the CLI table are made of them. The
-bounds are fp32's (docs/design.md, "Verification"); lower precisions are judged by top-1 agreement.
+bounds are fp32's (docs/design.md, "The verification ladder"); lower precisions are judged by top-1 agreement.
 """
 
 from __future__ import annotations

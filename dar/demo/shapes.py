@@ -11,7 +11,7 @@ Why it looks like this:
   * Compact shapes span at least 5-6 tokens of the 16x16 grid (e.g. square sides 22-40 px, star tips at
     radius 20-30 px). A smaller minimum (square sides from 16 px, 4 tokens) left the shape in a few edge
     codes, and the demo DAR drew such shapes as blobs; raising it came with the largest measured gain
-    (together with 30 % more DAR steps: 71.8 -> 83.8 % class accuracy, README).
+    (together with 30 % more DAR steps: 71.8 -> 83.8 % class accuracy, docs/demo-model.md "How the model got here").
   * Edges are antialiased analytically from signed distances (coverage = clip(0.5 - d, 0, 1)), which is
     as smooth as supersampling and cheaper: one pass over a 64x64 grid per image.
   * ``render(seed, label)`` is a pure function; ``make_batch`` derives the seed from (split, index) so the

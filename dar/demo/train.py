@@ -38,22 +38,22 @@ class DemoRecipe:
     vq_steps: int = 1300
     vq_batch: int = 16
     # 8e-4 reconstructs better than 2e-4 at no cost in time (Fréchet distance of reconstructions 2.5x / 3.6x
-    # real data against 4.7x / 4.0x, seeds 0 / 1, README).
+    # real data against 4.7x / 4.0x, seeds 0 / 1, docs/demo-model.md).
     vq_lr: float = 8e-4
     train_images: int = 40000  # distinct images tokenised for the DAR
     # One cosine phase (a tuple, so a recipe can add warm restarts) with Muon on the blocks' matrices. Its
     # length is the clock's (``budget_minutes``); 20,000 steps is only a cap, which no 2-core CPU measured
     # here reaches in the budget. The shipped model got 5,608 steps of 32 sequences (0.38-0.44 s each on a
     # 2-core Xeon with AMX); a fixed 3,100 on an AVX-512 EPYC (0.63 s each) gave the previous one: 92.0 %
-    # and 5.2x real at CFG 1.25, against 96.8 % and 2.6x now (seed 0, README). Higher rates won 900-step
+    # and 5.2x real at CFG 1.25, against 96.8 % and 2.6x now (seed 0, docs/demo-model.md). Higher rates won 900-step
     # proxies but not the full 3,100 steps: 5e-3 tied (loss 0.517 against 0.498), Muon alone at 1e-2 lost
-    # (0.568; README).
+    # (0.568; docs/demo-model.md).
     dar: tuple[TrainDAROptions, ...] = field(default_factory=lambda: (
         TrainDAROptions(steps=20000, batch_size=32, lr=2.5e-3, warmup=100, compile=True, optimizer="muon"),
     ))
     # The DAR's size (heads of 64). In the same compute smaller DARs learned far more than the earlier
     # 6 x 192: on an AVX2 CPU 6 x 128 reached 81.0 % at CFG 1.5 after 1530 steps against 53.6 % for 6 x 192
-    # after 1000 (README, "How the recipe was chosen").
+    # after 1000 (docs/demo-model.md, "What was tried and what it gave").
     dar_layers: int = 6
     dar_width: int = 128
     threads: int = 2
@@ -61,7 +61,7 @@ class DemoRecipe:
     # when reused from a cache) and the DAR, whose last phase then trains until the rest is spent, its step
     # count a cap (`train_dar.schedule`). So the step count, and the model, depend on the machine: the
     # shipped model's 44.8 minutes bought 5,608 steps on a 2-core Xeon with AMX; an AVX2-only CPU gets
-    # about a fifth of that (README). None: no clock, the DAR runs its steps.
+    # about a fifth of that (docs/demo-model.md, "The recipe"). None: no clock, the DAR runs its steps.
     budget_minutes: float | None = 45.0
 
 

@@ -132,7 +132,7 @@ def make_optimizer(model: Transformer, opts: TrainDAROptions) -> list[torch.opti
 
     Why Muon is offered: the demo's DAR is compute-bound on a 2-core CPU, so what it learns per step is
     what the budget buys. ``adjust_lr_fn="match_rms_adamw"`` scales Muon's update to AdamW's RMS, so
-    both share one learning rate and schedule. Measured (650 steps, AVX2, README): loss 0.90 against
+    both share one learning rate and schedule. Measured (650 steps, AVX2, docs/demo-model.md): loss 0.90 against
     AdamW's 1.03 and 48.4 % against 38.6 % class accuracy. PyTorch's Newton-Schulz runs in bf16, which
     an AVX2 CPU emulates (4.8 s per optimizer step on one thread), so without native bf16 the matrices get
     ``Fp32Muon`` instead."""
@@ -156,7 +156,7 @@ def make_optimizer(model: Transformer, opts: TrainDAROptions) -> list[torch.opti
 
 def set_learning_rates(optimizers: list[torch.optim.Optimizer], lr: float, opts: TrainDAROptions) -> None:
     """The schedule's ``lr`` for AdamW; Muon gets it scaled by ``muon_lr / lr``, so both follow one
-    warmup and cosine. Measured (README): Muon at 4x AdamW's 2.5e-3 ended 0.012 nats lower in a proxy of
+    warmup and cosine. Measured (docs/demo-model.md): Muon at 4x AdamW's 2.5e-3 ended 0.012 nats lower in a proxy of
     900 steps but 0.07 higher over the recipe's 3,100, so the recipe keeps one rate."""
     for opt in optimizers:
         scale = (opts.muon_lr or opts.lr) / opts.lr if isinstance(opt, torch.optim.Muon) else 1.0

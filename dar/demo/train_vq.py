@@ -142,7 +142,7 @@ def train_vq(
     training loop never drew (assuming the generator is keyed by step). On the learning rate: with
     LlamaGen's conv encoder, 1e-3 trained far slower than 1e-4 to 2e-4 (held-out PSNR after 300 steps
     ~12.6 dB vs ~17-18.7 dB), hence the low default. With the patch encoder over the demo's 1,300 steps the
-    optimum is higher: judged by the Fréchet distance of reconstructions (README), 2e-4 / 4e-4 / 8e-4 /
+    optimum is higher: judged by the Fréchet distance of reconstructions (docs/demo-model.md), 2e-4 / 4e-4 / 8e-4 /
     1.1e-3 / 1.6e-3 gave 4.7 / 3.1 / 2.5 / 3.6 / 3.6x real data with seed 0; with seed 1, 2e-4 / 8e-4 gave
     4.0 / 3.6x, so the demo recipe uses 8e-4 (2.3x in the shipped model). Returns the model (eval mode)
     and metrics: ``psnr_db`` (uint8 round trip on the eval batches), ``codebook_usage`` (share of codes
