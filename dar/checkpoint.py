@@ -54,7 +54,8 @@ def save_checkpoint(folder: str | Path, model: Transformer, vq: VQDecoder, image
     atomic_write_json(folder / "config.json", meta)
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, or one DartrtError line naming the file."""
     if not path.is_file():
         raise DartrtError(f"checkpoint file missing: {path}")
     try:
@@ -89,10 +90,10 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
         raise DartrtError(f"{cfg_path}: bad config ({exc})") from None
     model = build_model(cfg, "meta")
     model = model.to_empty(device="cpu")
-    load_checked(model, _read_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
+    load_checked(model, read_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
     model.rope_cos, model.rope_sin = _rope(cfg)
     vq = build_vq_decoder(vq_cfg, "meta").to_empty(device="cpu")
-    load_checked(vq, _read_tensors(folder / "vq.safetensors"), str(folder / "vq.safetensors"))
+    load_checked(vq, read_tensors(folder / "vq.safetensors"), str(folder / "vq.safetensors"))
     return Checkpoint(model.eval(), vq.eval(), image_size, str(folder))
 
 

@@ -48,6 +48,14 @@ class ModelInfo:
         return str(class_id)
 
 
+def check_step_rows(rows: int, prepared: int) -> None:
+    """A step must feed the rows its prefill set the caches up for."""
+    if rows != prepared:
+        from .errors import DartrtError
+
+        raise DartrtError(f"step got {rows} rows but prefill set up {prepared}; call prefill first")
+
+
 class Backend(Protocol):
     """Prefill the class prefix, then feed one index at a time; logits come back as fp32 numpy."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .backend import ModelInfo
+from .backend import ModelInfo, check_step_rows
 from .contract import (
     DECODE,
     IMAGE,
@@ -182,8 +182,7 @@ class OrtBackend:
     def step(self, token_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray,
              write_index: int) -> np.ndarray:
         rows, seq = token_ids.shape
-        if rows != self._rows:
-            raise DartrtError(f"step got {rows} rows but prefill set up {self._rows}; call prefill first")
+        check_step_rows(rows, self._rows)
         io = self._io[DECODE]
         self._bind_step(io, token_ids, positions, direction, int(write_index))
         return self._run(DECODE, (rows, seq, self.info.vocab_size))

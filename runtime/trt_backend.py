@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import ModelInfo
+from .backend import ModelInfo, check_step_rows
 from .contract import (
     ALL_GRAPHS,
     DECODE,
@@ -318,8 +318,7 @@ class TrtBackend:
     def step(self, token_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray,
              write_index: int) -> np.ndarray:
         rows, seq = token_ids.shape
-        if rows != self._rows:
-            raise DartrtError(f"step got {rows} rows but prefill set up {self._rows}; call prefill first")
+        check_step_rows(rows, self._rows)
         runner = self.runners[DECODE]
         self._upload_step(runner, token_ids, positions, direction, int(write_index))
         self._execute_decode(rows, seq)

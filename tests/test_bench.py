@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
+from torch_blocker import BLOCK_TORCH  # noqa: E402
 
 import dartrt.bench.suite as suite  # noqa: E402
 from dartrt.bench.bandwidth import Bandwidth, host_read_bandwidth  # noqa: E402
@@ -374,14 +375,7 @@ def test_cuda_capture_follows_the_documented_recipe(monkeypatch):
                       "capture begin", "fn", "capture end", "replay"]
 
 
-NO_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this test (import of {name})")
-        return None
-sys.meta_path.insert(0, _NoTorch())
+NO_TORCH = BLOCK_TORCH + """
 from dartrt.bench.suite import run_bench
 report = run_bench(sys.argv[1], batch_sizes=(1,), repeats=1, warmup=0, threads=1, use_torch=False,
                    bandwidth_bytes=1 << 20, echo=None)

@@ -9,16 +9,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-# Any attempt to import torch (or a torch submodule), however indirect, raises ImportError.
-BLOCK_TORCH = """
-import sys
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this test (import of {name})")
-        return None
-sys.meta_path.insert(0, _NoTorch())
-"""
+from torch_blocker import BLOCK_TORCH  # noqa: E402
 
 SCRIPT = BLOCK_TORCH + """
 from dartrt import runtime

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.fileio import atomic_write
 
-from ..checkpoint import FORMAT, VERSION
+from ..checkpoint import FORMAT, VERSION, read_tensors
 from ..config import ModelConfig
 from ..importers import load_checked
 from ..model import Transformer, build_model
@@ -56,15 +55,6 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise DartrtError(f"checkpoint file missing: {path}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise DartrtError(f"cannot read {path}: {exc}") from None
-
-
 def save_d_ar_checkpoint(folder: str | Path, model: Transformer, tokenizer: DARTokenizer) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,10 +85,10 @@ def load_d_ar_checkpoint(folder: str | Path) -> DARCheckpoint:
     except (KeyError, TypeError, ValueError) as exc:
         raise DartrtError(f"{cfg_path}: bad config ({exc})") from None
     model = build_model(cfg, "meta")
-    load_checked(model, _read_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
+    load_checked(model, read_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
     model.rope_cos, model.rope_sin = rope_tables(cfg)
     tokenizer = build_tokenizer(tok_cfg, "meta")
-    load_checked(tokenizer, _read_tensors(folder / "tokenizer.safetensors"), str(folder / "tokenizer.safetensors"))
+    load_checked(tokenizer, read_tensors(folder / "tokenizer.safetensors"), str(folder / "tokenizer.safetensors"))
     return DARCheckpoint(model.eval(), tokenizer.eval(), str(folder))
 
 
