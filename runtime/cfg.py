@@ -54,8 +54,19 @@ class CFGSchedule:
         return not (self.scale == 1.0 and (self.kind != "linear" or self.start == 1.0))
 
 
-def combine(logits: np.ndarray, weight: float) -> np.ndarray:
-    """[2B, V] (cond rows then null rows) → [B, V]: l_u + w·(l_c − l_u)."""
+def combine(logits: np.ndarray, weight: float | np.ndarray) -> np.ndarray:
+    """[2B, V] (cond rows then null rows) → [B, V]: l_u + w·(l_c − l_u).
+
+    ``weight``: one float for every image, or one per image ([B], a batch that merges requests with
+    different scales). Per-image weights are cast to the logits' dtype first, which is what numpy does
+    with a Python float, so an image's row comes out bit for bit the same either way."""
     half = logits.shape[0] // 2
     cond, uncond = logits[:half], logits[half:]
+    if not np.isscalar(weight):
+        weight = np.asarray(weight, dtype=logits.dtype).reshape(half, 1)
     return uncond + weight * (cond - uncond)
+
+
+def weight_table(schedules: list[CFGSchedule] | tuple[CFGSchedule, ...], num_steps: int) -> np.ndarray:
+    """w of every step for every image: [num_steps, B] float64, row t for sampled token t."""
+    return np.asarray([[s.weight(t, num_steps) for s in schedules] for t in range(num_steps)], dtype=np.float64)

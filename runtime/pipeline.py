@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from .backend import Backend
-from .scheduler import StepCallback, build_request, sample_tokens, tokens_to_grids
+from .scheduler import Request, StepCallback, build_request, sample_tokens, tokens_to_grids
 
 
 @dataclass
@@ -19,6 +19,19 @@ class GenerationResult:
     tokens: np.ndarray  # [n, G*G] in scan order
 
 
+def run_request(backend: Backend, request: Request, on_step: StepCallback | None = None) -> GenerationResult:
+    """Sample a validated (or merged) request and decode its grids, ``request.batch_size`` images at a time.
+
+    `generate_with_backend` and `dartrt serve`'s batches both end here, so a served image goes through
+    the very code `runtime.generate` runs."""
+    tokens = sample_tokens(backend, request, on_step)
+    grids = tokens_to_grids(tokens, request, backend.info.grid_size)
+    step = request.batch_size
+    pixels = np.concatenate([backend.decode_vq(grids[i:i + step]) for i in range(0, len(grids), step)])
+    images = [Image.fromarray(p) for p in pixels]
+    return GenerationResult(images, list(request.class_ids), grids, tokens)
+
+
 def generate_with_backend(backend: Backend, class_ids, *, n_per_class: int = 1, cfg: float | None = None,
                           cfg_schedule: str | None = None, order=None, seed: int = 0,
                           temperature: float | None = None, top_k: int | None = None,
@@ -27,9 +40,4 @@ def generate_with_backend(backend: Backend, class_ids, *, n_per_class: int = 1, 
     request = build_request(backend, class_ids, n_per_class=n_per_class, cfg=cfg, cfg_schedule=cfg_schedule,
                             order=order, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
                             batch_size=batch_size, **schedule_kw)
-    tokens = sample_tokens(backend, request, on_step)
-    grids = tokens_to_grids(tokens, request, backend.info.grid_size)
-    pixels = np.concatenate([backend.decode_vq(grids[i:i + batch_size])
-                             for i in range(0, len(grids), batch_size)])
-    images = [Image.fromarray(p) for p in pixels]
-    return GenerationResult(images, list(request.class_ids), grids, tokens)
+    return run_request(backend, request, on_step)

@@ -85,6 +85,12 @@ def sample(logits: np.ndarray, cfg: SamplingConfig, noise: np.ndarray | None) ->
     return np.argmax(filter_logits(logits, cfg) + noise, axis=-1).astype(np.int64)
 
 
+def image_generator(seed: int, index: int) -> np.random.Generator:
+    """The Generator of image ``index`` of a run seeded with ``seed``. It depends on nothing else, so an
+    image comes out the same whichever batch (or batch of merged requests) it is drawn in."""
+    return np.random.default_rng([int(seed), int(index)])
+
+
 def image_generators(seed: int, count: int, first: int = 0) -> list[np.random.Generator]:
     """Independent Generators for images first..first+count-1 of one seeded run."""
-    return [np.random.default_rng([int(seed), i]) for i in range(first, first + count)]
+    return [image_generator(seed, i) for i in range(first, first + count)]
