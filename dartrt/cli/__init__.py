@@ -15,6 +15,7 @@ from .demo import eval_demo_cmd, train_demo_cmd
 from .export import convert, export_cmd
 from .generate import generate
 from .precision import build_cmd, calibrate_cmd
+from .serve import bench_serve_cmd, serve_cmd
 from .verify import verify
 
 
@@ -27,5 +28,7 @@ def main() -> None:
 for command in (generate, export_cmd, convert, verify, bench, calibrate_cmd, build_cmd, train_demo_cmd,
                 eval_demo_cmd):
     main.add_command(command)
+main.add_command(serve_cmd)
+main.add_command(bench_serve_cmd)
 
 __all__ = ["main"]
