@@ -22,7 +22,7 @@ $(DEMO_PKG)/manifest.json: $(STAMP) $(DEMO_MODEL)
 	$(VENV)/bin/dartrt export -o $(DEMO_PKG) --force
 
 demo: $(DEMO_PKG)/manifest.json
-	$(VENV)/bin/dartrt generate $(DEMO_PKG) --n 4 --seed 0 -o out/demo
+	$(VENV)/bin/dartrt generate $(DEMO_PKG) --n 4 --seed 0 -o out/demo --overwrite
 	@echo "demo grid: out/demo/grid.png"
 
 # -P: the checkout's folders are not importable by their own names; tests import dartrt.* as users do.

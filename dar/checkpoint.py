@@ -145,4 +145,5 @@ def resolve_source(source: str | None) -> Checkpoint:
 
     if source in PRESETS:
         return random_checkpoint(source)
-    raise DartrtError(f"{source!r} is neither a checkpoint folder nor a preset ({', '.join(PRESETS)})")
+    raise DartrtError(f"{source!r} does not exist: give a package folder (what `dartrt export` writes), a checkpoint "
+                      f"folder (config.json + safetensors) or a preset ({', '.join(PRESETS)})")

@@ -9,9 +9,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from dartrt.runtime.backend import check_model_fields
 from dartrt.runtime.errors import DartrtError
 
 ROPE_KINDS = ("1d", "2d", "4d")
+# Architecture fields and their minimum (0 means "derive it"); the fields a runtime reads are checked by
+# `dartrt.runtime.backend.check_model_fields`, the one definition both sides share.
+_ARCH_INTS = {"n_layer": 1, "d_model": 1, "n_head": 1, "head_dim": 0, "ffn_multiple_of": 1, "ffn_hidden": 0,
+              "codebook_dim": 1}
 EMBEDDINGS = ("learned", "codebook_mlp")
 
 
@@ -61,6 +66,14 @@ class ModelConfig:
     class_names: list = field(default_factory=list)  # optional human-readable labels
 
     def __post_init__(self) -> None:
+        for key, low in _ARCH_INTS.items():
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise DartrtError(f"config: {key} must be an integer >= {low}, got {value!r}")
+        for key in ("norm_eps", "rope_base"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+                raise DartrtError(f"config: {key} must be a finite number > 0, got {value!r}")
         if self.head_dim == 0:
             self.head_dim = self.d_model // self.n_head
         if self.ffn_hidden == 0:
@@ -69,6 +82,10 @@ class ModelConfig:
             raise DartrtError(f"config: rope must be one of {ROPE_KINDS}, got {self.rope!r}")
         if self.token_embedding not in EMBEDDINGS:
             raise DartrtError(f"config: token_embedding must be one of {EMBEDDINGS}, got {self.token_embedding!r}")
+        try:
+            check_model_fields(dataclasses.asdict(self))
+        except DartrtError as exc:
+            raise DartrtError(f"config: {exc}") from None
         chunks = {"1d": 1, "2d": 2, "4d": 4}[self.rope]
         if self.head_dim % (2 * chunks):
             raise DartrtError(f"config: head_dim {self.head_dim} is not divisible by {2 * chunks} for {self.rope} RoPE")

@@ -23,7 +23,7 @@ from dartrt.graphs.check import value_specs
 from dartrt.graphs.onnxfile import INLINE_BYTES, check_opset
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.fileio import atomic_write
-from dartrt.runtime.metrics import max_abs
+from dartrt.runtime.metrics import Deviation, Tolerance
 
 
 @dataclass
@@ -32,12 +32,14 @@ class ExportedGraph:
     inputs: list[dict]
     outputs: list[dict]
     seconds: float
-    max_abs_err: float
+    max_abs_err: float  # the largest difference over every output and check input
+    worst: Deviation  # the output that came closest to its bound (of ``tolerance``)
+    tolerance: Tolerance
 
 
 def export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: list[str],
                  output_names: list[str], dynamic_shapes, opset: int, external_data: bool,
-                 check_args: list[tuple], atol: float) -> ExportedGraph:
+                 check_args: list[tuple], tolerance: Tolerance) -> ExportedGraph:
     """Export ``module`` to ``path`` and verify it on every tuple of ``check_args``."""
     check_opset(opset)
     start = time.perf_counter()
@@ -54,8 +56,9 @@ def export_graph(module: torch.nn.Module, args: tuple, path: Path, input_names: 
     proto = onnx.load(str(path), load_external_data=False)
     if proto.opset_import[0].version != opset and not any(o.version == opset for o in proto.opset_import):
         raise DartrtError(f"{path.name}: exporter wrote opset {[o.version for o in proto.opset_import]}, not {opset}")
-    err = check_with_onnxruntime(module, path, input_names, check_args, atol)
-    return ExportedGraph(path, value_specs(proto.graph.input), value_specs(proto.graph.output), seconds, err)
+    err, worst = check_with_onnxruntime(module, path, input_names, check_args, tolerance)
+    return ExportedGraph(path, value_specs(proto.graph.input), value_specs(proto.graph.output), seconds, err, worst,
+                         tolerance)
 
 
 def inline_small_tensors(path: Path, threshold: int = INLINE_BYTES) -> None:
@@ -85,13 +88,14 @@ def inline_small_tensors(path: Path, threshold: int = INLINE_BYTES) -> None:
 
 
 def check_with_onnxruntime(module: torch.nn.Module, path: Path, input_names: list[str],
-                           check_args: list[tuple], atol: float) -> float:
-    """Run the file in onnxruntime (CPU) on each args tuple; every output must match eager."""
+                           check_args: list[tuple], tolerance: Tolerance) -> tuple[float, Deviation]:
+    """Run the file in onnxruntime (CPU) on each args tuple; every output must match eager under
+    ``tolerance``. Returns (the largest difference, the deviation closest to its bound)."""
     from dartrt.runtime.sessions import CHECK, open_session
 
     gc.collect()
     session = open_session(path, CHECK)
-    worst = 0.0
+    largest, worst = 0.0, Deviation(0.0, tolerance.atol)
     for args in check_args:
         feed = {name: a.detach().cpu().numpy() for name, a in zip(input_names, args)}
         got = session.run(None, feed)
@@ -102,9 +106,11 @@ def check_with_onnxruntime(module: torch.nn.Module, path: Path, input_names: lis
             w = w.detach().float().cpu().numpy()
             if g.shape != w.shape:
                 raise DartrtError(f"{path.name}: output {out_info.name} has shape {g.shape}, expected {w.shape}")
-            err = max_abs(w, g)
-            worst = max(worst, err)
-            if not err <= atol:
-                raise DartrtError(f"{path.name}: onnxruntime output {out_info.name} differs from torch by {err:.3g} "
-                                  f"(> {atol:g})")
-    return worst
+            dev = tolerance.judge(w, g)
+            largest = max(largest, dev.max_abs)
+            worst = max(worst, dev, key=lambda d: d.ratio)
+            if not dev.ok:
+                raise DartrtError(f"{path.name}: onnxruntime output {out_info.name} differs from torch by "
+                                  f"{dev.max_abs:.3g} (> {dev.bound:.3g} = {tolerance.describe()}; --atol/--rtol "
+                                  "set the rule)")
+    return largest, worst

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +16,11 @@ import torch
 
 import dartrt
 from dartrt.dar.checkpoint import Checkpoint
-from dartrt.graphs.onnxfile import EXTERNAL_DATA_BYTES, OPSET
+from dartrt.graphs.onnxfile import EXTERNAL_DATA_BYTES
 from dartrt.runtime.contract import (
     BATCH_DIM,
     DECODE,
+    OPSET,
     PREFILL,
     SEQ_DIM,
     STEP_INPUTS,
@@ -29,14 +28,12 @@ from dartrt.runtime.contract import (
     StepTables,
     graph_io,
 )
-from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.metrics import FP32_IMAGE, FP32_STEP, Tolerance
 from dartrt.runtime.orders import make_order
 
 from .graphs import DecodeGraph, PrefillGraph, VQDecoderGraph
 from .onnx_export import ExportedGraph, export_graph
-
-# fp32 ORT against eager torch, per output, on the export check (the parity suite is stricter-reported).
-EXPORT_ATOL = 1e-4
+from .target import staging_folder
 
 
 @dataclass
@@ -86,7 +83,8 @@ def _weight_bytes(module: torch.nn.Module) -> int:
 
 
 def export_decoder_graphs(model, folder: Path, opset: int = OPSET, check: bool = True,
-                          external_data: bool | None = None) -> dict[str, ExportedGraph]:
+                          external_data: bool | None = None, tolerance: Tolerance = FP32_STEP
+                          ) -> dict[str, ExportedGraph]:
     """prefill.onnx and decode.onnx, with batch (and decode's S) dynamic and T_max static.
 
     torch.export specialises dims that are 0 or 1 in the example inputs, so the examples use
@@ -109,7 +107,7 @@ def export_decoder_graphs(model, folder: Path, opset: int = OPSET, check: bool =
         PrefillGraph(model), _step_args(model, 4, 1, 0, 0, prefill=True), folder / "prefill.onnx",
         list(io.inputs), list(io.outputs),
         dims(PREFILL, {"input_ids": {0: batch}, "positions": None, "direction": None, "write_index": {0: batch}}),
-        opset, external, checks, EXPORT_ATOL)
+        opset, external, checks, tolerance)
 
     io = graph_io(DECODE, cfg.n_layer, cfg.adaln)
     checks = [_step_args(model, r, s, w, 10 + i, prefill=False)
@@ -119,30 +117,35 @@ def export_decoder_graphs(model, folder: Path, opset: int = OPSET, check: bool =
         list(io.inputs), list(io.outputs),
         dims(DECODE, {"input_ids": {0: batch, 1: seq}, "positions": {0: seq}, "direction": {0: seq},
                       "write_index": {0: batch}}),
-        opset, external, checks, EXPORT_ATOL)
+        opset, external, checks, tolerance)
     return out
 
 
 def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, opset: int = OPSET,
-                   check: bool = True, log=print, external_data: bool | None = None) -> ExportReport:
-    """Export ``ckpt`` to the package folder ``out`` (atomic; refuses to overwrite without force).
+                   check: bool = True, log=print, external_data: bool | None = None,
+                   tolerance: Tolerance = FP32_STEP, image_tolerance: Tolerance = FP32_IMAGE) -> ExportReport:
+    """Export ``ckpt`` to the package folder ``out``: built aside and renamed into place, under a lock;
+    ``force`` replaces an existing dartrt package and nothing else (`dartrt.exporter.target`).
 
-    ``external_data``: None decides by size (weights over 1 GiB go to ``<graph>.onnx.data``)."""
+    ``external_data``: None decides by size (weights over 1 GiB go to ``<graph>.onnx.data``). ``tolerance``
+    judges the step graphs against eager torch, ``image_tolerance`` the VQ decoder (`runtime.metrics`);
+    both are recorded in the manifest's ``export_check``."""
     from dartrt.runtime.manifest import write_manifest
 
+    if getattr(ckpt, "family", None) == "d-ar":  # D-AR: the AR graphs plus the tokenizer's (exporter.d_ar)
+        from .d_ar import export_d_ar_package
+
+        return ExportReport(*export_d_ar_package(ckpt, out, force=force, opset=opset, check=check, log=log,
+                                                 external_data=external_data, tolerance=tolerance))
     out = Path(out)
-    if out.exists() and not force:
-        raise DartrtError(f"{out} already exists (use --force to overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    source = Path(ckpt.source) if Path(ckpt.source).is_dir() else None
     start = time.perf_counter()
     model = ckpt.model.float().eval()
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    tmp.chmod(0o755)
-    try:
-        graphs = export_decoder_graphs(model, tmp, opset, check, external_data)
+    with staging_folder(out, force, source) as tmp:
+        graphs = export_decoder_graphs(model, tmp, opset, check, external_data, tolerance)
         for name, g in graphs.items():
             log(f"  {name}: exported in {g.seconds:.1f}s, onnxruntime vs torch max-abs {g.max_abs_err:.2e}")
-        graphs[VQ_DECODER] = export_vq(ckpt, tmp, opset, check)
+        graphs[VQ_DECODER] = export_vq(ckpt, tmp, opset, check, image_tolerance)
         log(f"  vq_decoder: exported in {graphs[VQ_DECODER].seconds:.1f}s, "
             f"max-abs {graphs[VQ_DECODER].max_abs_err:.2e}")
         cfg = model.cfg
@@ -155,30 +158,19 @@ def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, op
             "adaln_modulation": {"width": model.modulation_width} if cfg.adaln else None,
             "graphs": {name: {"file": g.path.name, "inputs": g.inputs, "outputs": g.outputs}
                        for name, g in graphs.items()},
-            "export_check": {name: {"max_abs_err": g.max_abs_err, "atol": EXPORT_ATOL if name != VQ_DECODER
-                                    else VQ_ATOL} for name, g in graphs.items()},
+            "export_check": {name: {"max_abs_err": g.max_abs_err, "worst_bound": g.worst.bound,
+                                    "worst_ratio": g.worst.ratio, "checked": check, "tolerance": g.tolerance.to_dict()}
+                             for name, g in graphs.items()},
             "source": ckpt.source,
             "producer": _producer(),
             "engines": {},
         }
         write_manifest(tmp, manifest)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{time.time_ns()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ExportReport(out, graphs, time.perf_counter() - start)
 
 
-VQ_ATOL = 1e-3
-
-
-def export_vq(ckpt: Checkpoint, folder: Path, opset: int, check: bool = True) -> ExportedGraph:
+def export_vq(ckpt: Checkpoint, folder: Path, opset: int, check: bool = True,
+              tolerance: Tolerance = FP32_IMAGE) -> ExportedGraph:
     vq = copy.deepcopy(ckpt.vq).float().eval().prenormalize_()
     g = ckpt.config.grid_size
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -188,5 +180,5 @@ def export_vq(ckpt: Checkpoint, folder: Path, opset: int, check: bool = True) ->
     checks = [(torch.randint(0, n_codes, (b, g, g), generator=gen),) for b in (1, 3)] if check else []
     # Image outputs are ~[-1, 1] after ~20 conv layers; fp32 reassociation gives ~1e-5 differences.
     return export_graph(VQDecoderGraph(vq), (example,), folder / "vq_decoder.onnx", ["token_grid"], ["image"],
-                        ({0: batch},), opset, _weight_bytes(vq) > EXTERNAL_DATA_BYTES, checks, VQ_ATOL)
+                        ({0: batch},), opset, _weight_bytes(vq) > EXTERNAL_DATA_BYTES, checks, tolerance)
 

@@ -7,11 +7,12 @@ Logits get the decoder-specific figures too: KL divergence of the softmax and to
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dartrt.runtime.contract import LOGITS
-from dartrt.runtime.metrics import kl_divergence, max_abs, top1_agreement
+from dartrt.runtime.metrics import FP32_STEP, Deviation, Tolerance, kl_divergence, top1_agreement
 from dartrt.runtime.sessions import REFERENCE, open_session, run_named
 
 from .feeds import Feed, cast_feed, graph_inputs
@@ -25,10 +26,17 @@ class Drift:
     logits_kl: float = 0.0
     top1_agreement: float = 1.0
     feeds: int = 0
+    tolerance: Tolerance = FP32_STEP
+    closest: dict[str, Deviation] = field(default_factory=dict)  # per output: the feed closest to its bound
 
     @property
     def worst(self) -> float:
         return max(self.max_abs.values(), default=0.0)
+
+    @property
+    def within(self) -> bool:
+        """Every output of every feed within ``tolerance`` (a changed shape never is)."""
+        return all(d.ok for d in self.closest.values())
 
     def to_dict(self) -> dict:
         return {"max_abs": {k: float(f"{v:.4g}") for k, v in self.max_abs.items()}, "worst_max_abs": float(
@@ -36,21 +44,23 @@ class Drift:
             "top1_agreement": round(self.top1_agreement, 6), "feeds": self.feeds}
 
 
-def compare_graphs(reference: str | Path, candidate: str | Path, feeds: list[Feed]) -> Drift:
-    """Max-abs difference per output (cast to float64) and, for ``logits``, KL and top-1 agreement."""
+def compare_graphs(reference: str | Path, candidate: str | Path, feeds: list[Feed],
+                   tolerance: Tolerance = FP32_STEP) -> Drift:
+    """Max-abs difference per output (cast to float64), judged by ``tolerance``, and for ``logits`` KL and
+    top-1 agreement."""
     ref_s, cand_s = open_session(reference, REFERENCE), open_session(candidate, REFERENCE)
     ref_specs, cand_specs = graph_inputs(reference), graph_inputs(candidate)
-    drift = Drift()
+    drift = Drift(tolerance=tolerance)
     kls, agree, total = [], 0, 0
     for feed in feeds:
         ref_out = run_named(ref_s, cast_feed(feed, ref_specs))
         cand_out = run_named(cand_s, cast_feed(feed, cand_specs))
         for name, want in ref_out.items():
             got = cand_out[name]
-            if got.shape != want.shape:
-                drift.max_abs[name] = float("inf")
-                continue
-            drift.max_abs[name] = max(drift.max_abs.get(name, 0.0), max_abs(want, got))
+            dev = tolerance.judge(want, got) if got.shape == want.shape else Deviation(math.inf, tolerance.atol)
+            drift.max_abs[name] = max(drift.max_abs.get(name, 0.0), dev.max_abs)
+            if name not in drift.closest or dev.ratio > drift.closest[name].ratio:
+                drift.closest[name] = dev
         if LOGITS in ref_out and ref_out[LOGITS].shape == cand_out[LOGITS].shape:
             want, got = ref_out[LOGITS], cand_out[LOGITS]
             kls.append(float(kl_divergence(want, got).mean()))

@@ -1,5 +1,5 @@
-"""ONNX files in a package: the opset they are written at, when weights go to external data, and
-saving them atomically.
+"""ONNX files in a package: checking their opset (`dartrt.runtime.contract.OPSET`), when weights go to
+external data, and saving them atomically.
 
 A pass must never leave a half-written graph where the manifest (or a reader racing it) expects a
 whole one, so the .onnx is written under a hidden temporary name (the manifest ignores dot-files) and
@@ -13,13 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from dartrt.runtime.contract import MAX_OPSET, MIN_OPSET
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.fileio import atomic_write
 
-# The step graphs need RotaryEmbedding and Attention (opset 23) and TensorScatter (24); TensorRT's parser
-# reads up to 24. The dynamo exporter writes broken files at 17 and at 26 and above without an error.
-OPSET = 24
-MIN_OPSET, MAX_OPSET = 18, 25
 # protobuf refuses messages of 2 GiB; above this many weight bytes a graph keeps them in external data.
 EXTERNAL_DATA_BYTES = 1 << 30
 # Initializers up to this size stay in the proto even with external data: shape inference (and so

@@ -15,14 +15,12 @@ from pathlib import Path
 import onnx
 
 from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.metrics import FP32_STEP, Tolerance
 
 from .check import check_graph
 from .compare import compare_graphs
 from .feeds import Feed
 from .onnxfile import save_model
-
-# fp32 reassociation after folding; the exporter's own ORT-vs-torch check uses the same bound.
-SIMPLIFY_ATOL = 1e-4
 
 
 @dataclass
@@ -49,7 +47,8 @@ def _io_signature(model: onnx.ModelProto) -> list[tuple]:
     return sig(v for v in model.graph.input if v.name not in init) + sig(model.graph.output)
 
 
-def simplify_graph(src: str | Path, dst: str | Path, feeds: list[Feed], atol: float = SIMPLIFY_ATOL) -> SimplifyResult:
+def simplify_graph(src: str | Path, dst: str | Path, feeds: list[Feed], tolerance: Tolerance = FP32_STEP
+                   ) -> SimplifyResult:
     """Write the simplified ``src`` to ``dst`` if it checks out on ``feeds``; otherwise copy ``src``."""
     src, dst = Path(src), Path(dst)
     original = onnx.load(str(src))
@@ -84,13 +83,14 @@ def simplify_graph(src: str | Path, dst: str | Path, feeds: list[Feed], atol: fl
             check_graph(tmp)
         except DartrtError as exc:
             return keep_original(f"the simplified graph fails the checker: {exc}", after)
-        drift = compare_graphs(src, tmp, feeds)
-        if not drift.worst <= atol:
-            return keep_original(f"outputs moved by {drift.worst:.3g} (> {atol:g}) on {drift.feeds} step inputs",
-                                 after, drift.worst)
+        drift = compare_graphs(src, tmp, feeds, tolerance)
+        if not drift.within:
+            return keep_original(f"outputs moved by {drift.worst:.3g}, beyond {tolerance.describe()}, on "
+                                 f"{drift.feeds} step inputs", after, drift.worst)
         save_model(slim, dst)
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + ".data")):
             leftover.unlink(missing_ok=True)
-    return SimplifyResult(True, f"{before} → {after} nodes, outputs within {atol:g} on {drift.feeds} step inputs",
+    return SimplifyResult(True, f"{before} → {after} nodes, outputs within {tolerance.describe()} on {drift.feeds} "
+                          "step inputs",
                           before, after, drift.worst)

@@ -31,7 +31,7 @@ def generate(package, class_ids, *, n_per_class: int = 1, cfg: float | None = No
     with ``return_grids``. The same seed gives the same images on every backend and batch size.
 
     ``precision`` picks the graphs a package path runs (None: fp32; "fp16"; a calibration variant such as
-    "int8-dynamic"; see `runtime.variants`). An opened Backend already has its precision, so a different
+    "int8-dynamic"; see `dartrt.runtime.precisions`). An opened Backend already has its precision, so a different
     one is refused rather than silently ignored.
     """
     if _is_backend(package):

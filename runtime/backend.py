@@ -7,10 +7,13 @@ backend knows nothing about orders, CFG or sampling.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from .errors import DartrtError
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,12 @@ class ModelInfo:
         return self.grid_size * self.grid_size
 
     @classmethod
-    def from_config(cls, cfg: dict, image_size: int) -> "ModelInfo":
+    def from_config(cls, cfg: dict, image_size: int) -> ModelInfo:
+        """The info of a model config dict (a checkpoint's or a manifest's); `check_model_fields` first,
+        so a damaged or hand-edited entry is one line naming the field, not a failure deep inside."""
+        check_model_fields(cfg)
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise DartrtError(f"image_size must be an integer >= 1, got {image_size!r}")
         keys = ("name", "num_classes", "vocab_size", "grid_size", "rope", "order", "default_cfg",
                 "default_cfg_schedule", "default_top_k", "default_top_p", "default_temperature")
         return cls(image_size=image_size, class_names=tuple(cfg.get("class_names") or ()),
@@ -51,9 +59,45 @@ class ModelInfo:
 def check_step_rows(rows: int, prepared: int) -> None:
     """A step must feed the rows its prefill set the caches up for."""
     if rows != prepared:
-        from .errors import DartrtError
-
         raise DartrtError(f"step got {rows} rows but prefill set up {prepared}; call prefill first")
+
+
+# What a runtime needs of a model config, and the range each field must be in. ModelConfig (the torch
+# side) checks the same fields through this function, so the two can never disagree on what is valid.
+_INT_FIELDS = {"num_classes": 1, "vocab_size": 2, "grid_size": 1, "default_top_k": 0}
+_CHOICES = {"rope": ("1d", "2d", "4d"), "default_cfg_schedule": ("constant", "linear", "power-cosine")}
+
+
+def check_model_fields(cfg: dict) -> None:
+    """Raise one `DartrtError` line for the first field of a model config dict that is missing, of the
+    wrong type, or out of range (the fields the runtime reads)."""
+    if not isinstance(cfg, dict):
+        raise DartrtError(f"the model entry must be an object, got {type(cfg).__name__}")
+
+    def need(key: str):
+        if key not in cfg:
+            raise DartrtError(f"the model entry has no {key!r}")
+        return cfg[key]
+
+    for key, low in _INT_FIELDS.items():
+        value = need(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DartrtError(f"model {key} must be an integer >= {low}, got {value!r}")
+    for key, choices in _CHOICES.items():
+        if need(key) not in choices:
+            raise DartrtError(f"model {key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
+    for key in ("name", "order"):
+        if not isinstance(need(key), str) or not cfg[key]:
+            raise DartrtError(f"model {key} must be a non-empty string, got {cfg[key]!r}")
+    numbers = {"default_cfg": (0.0, None), "default_temperature": (0.0, None), "default_top_p": (0.0, 1.0)}
+    for key, (low, high) in numbers.items():
+        value = need(key)
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= low
+        if key == "default_top_p":
+            ok = ok and low < value <= high
+        if not ok:
+            rng = "in (0, 1]" if key == "default_top_p" else f"a finite number >= {low:g}"
+            raise DartrtError(f"model {key} must be {rng}, got {value!r}")
 
 
 class Backend(Protocol):

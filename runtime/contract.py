@@ -27,6 +27,11 @@ import numpy as np
 
 from .orders import direction_ids, make_order, positions_table
 
+# The step graphs need RotaryEmbedding and Attention (opset 23) and TensorScatter (24); TensorRT's parser
+# reads up to 24. The dynamo exporter writes broken files at 17 and at 26 and above without an error.
+OPSET = 24
+MIN_OPSET, MAX_OPSET = 18, 25
+
 PREFILL, DECODE, VQ_DECODER = "prefill", "decode", "vq_decoder"
 DECODER_GRAPHS = (PREFILL, DECODE)
 ALL_GRAPHS = (PREFILL, DECODE, VQ_DECODER)
@@ -120,3 +125,48 @@ def step_feed(input_ids: np.ndarray, positions: np.ndarray, direction: np.ndarra
     return {INPUT_IDS: ids, POSITIONS: np.ascontiguousarray(positions, dtype=np.int64),
             DIRECTION: np.ascontiguousarray(direction, dtype=np.int64),
             WRITE_INDEX: np.ascontiguousarray(write)}
+
+
+# ---- D-AR: the tokenizer's decode graphs ------------------------------------------------------------------
+# A D-AR package (manifest ``family: "d-ar"``) has the AR graphs above (prefill/decode with 1D RoPE) and, in
+# place of the VQ decoder, the two graphs of D-AR's sequential diffusion tokenizer (docs/d-ar.md):
+#
+# - ``conditions``: token ids [R, S] int64 at slots ``write_index`` [R] .. + S - 1 → their conditions
+#   [R, S, cond_dim] float32, through the causal conditions transformer with its own static KV cache
+#   ``past_key_values.{i}.key|value`` [R, H, num_tokens, Dh] (bound in place, as the AR cache). S is dynamic:
+#   one call per group, per token, or over a whole prefix;
+# - ``velocity``: one ODE step's velocity, x [R, 3, H, W] float32 at time s [R] float32 with the conditions
+#   of one group [R, tokens_per_step, cond_dim] → velocity [R, 3, H, W]. The noise x_0 is the caller's, so a
+#   seed reproduces an image; the Euler/AB2 loop around this graph runs on the host (runtime.d_ar_decoder).
+D_AR_FAMILY = "d-ar"
+CONDITIONS, VELOCITY = "conditions", "velocity"
+D_AR_DECODER_GRAPHS = (CONDITIONS, VELOCITY)
+D_AR_GRAPHS = (PREFILL, DECODE, CONDITIONS, VELOCITY)
+COND = "conditions"  # the conditions graph's output and the velocity graph's group input
+SAMPLE, TIME = "x", "s"
+VELOCITY_OUT = "velocity"
+TOKENS_DIM = "tokens"  # the symbolic S of the conditions graph
+
+
+def d_ar_graph_io(graph: str, cond_layers: int) -> GraphIO:
+    """The names a D-AR tokenizer graph takes and returns (``cond_layers`` conditions-transformer layers)."""
+    if graph == CONDITIONS:
+        return GraphIO((INPUT_IDS, WRITE_INDEX, *cache_names(cond_layers, PAST)),
+                       (COND, *cache_names(cond_layers, PRESENT)))
+    if graph == VELOCITY:
+        return GraphIO((SAMPLE, TIME, COND), (VELOCITY_OUT,))
+    raise ValueError(f"unknown D-AR graph {graph!r}")
+
+
+def conditions_feed(input_ids: np.ndarray, write_index: int | np.ndarray) -> dict[str, np.ndarray]:
+    """The conditions graph's two step inputs as contiguous int64 arrays (``write_index`` a scalar or per row)."""
+    ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+    write = np.broadcast_to(np.asarray(write_index, dtype=np.int64), (ids.shape[0],))
+    return {INPUT_IDS: ids, WRITE_INDEX: np.ascontiguousarray(write)}
+
+
+def velocity_feed(x: np.ndarray, s: float | np.ndarray, cond: np.ndarray) -> dict[str, np.ndarray]:
+    """The velocity graph's inputs: x and the group's conditions as float32, s broadcast to one time per row."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    times = np.ascontiguousarray(np.broadcast_to(np.asarray(s, dtype=np.float32), (x.shape[0],)))
+    return {SAMPLE: x, TIME: times, COND: np.ascontiguousarray(cond, dtype=np.float32)}

@@ -10,12 +10,14 @@ re-hashes only the files that changed, not every weight file again.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -88,3 +90,33 @@ def sha256_file(path: str | Path) -> str:
             digest.update(chunk)
     _DIGESTS[key] = (signature, digest.hexdigest())
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking lock on the file ``path`` (created if needed, holding our pid) for
+    the ``with`` block; a second holder gets one `DartrtError` line naming ``what`` and the first pid.
+
+    The lock is the kernel's (``flock``), so it dies with its process: a killed run never leaves a stale
+    lock, only a small file that the next run reuses. The file is not removed afterwards, because
+    removing it would let a third process lock a new file while a second still holds the old one."""
+    import fcntl
+
+    from .errors import DartrtError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise DartrtError(f"{what} is in use by another dartrt process (pid {holder}, lock {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

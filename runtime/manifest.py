@@ -19,11 +19,23 @@ from .errors import DartrtError
 from .fileio import atomic_write_text, read_json_object, sha256_file
 
 FORMAT = "dartrt-package"
-FORMAT_VERSION = 1
+# 2: the manifest carries its own checksum (``integrity``) and the export check records its tolerance rule.
+FORMAT_VERSION = 2
+INTEGRITY = "integrity"
 MANIFEST_NAME = "manifest.json"
 # Data no backend runs: at open these are size-checked only (hashing the ~100+ MB of calibration traces
 # on every `generate` would dominate start-up). calibration.traceset hashes each trace file when it loads it.
 SIZE_ONLY_PREFIXES = ("calibration/traces/",)
+
+
+def manifest_checksum(data: dict) -> str:
+    """sha256 of the manifest's content without its own ``integrity`` entry, in a canonical JSON form:
+    the files are hashed in ``files``, and this covers everything else (the model entry, the graphs'
+    I/O, the defaults), so a hand edit is caught when the package opens instead of failing later."""
+    import hashlib
+
+    body = {k: v for k, v in data.items() if k != INTEGRITY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _is_hidden(rel: Path) -> bool:
@@ -55,6 +67,9 @@ def write_manifest(pkg_dir: str | Path, manifest: dict) -> dict:
     data["files"] = {rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
                      for rel in package_files(root)}
     data.setdefault("engines", {})
+    data.pop(INTEGRITY, None)
+    data[INTEGRITY] = {"sha256": manifest_checksum(data),
+                       "covers": "this file's JSON without this entry (sorted keys, compact separators)"}
     text = json.dumps(data, indent=2, sort_keys=False) + "\n"
     atomic_write_text(root / MANIFEST_NAME, text)
     return data
@@ -65,15 +80,23 @@ def _check_header(path: Path, data: dict) -> None:
         raise DartrtError(f"{path} is not a dartrt package manifest (format {data.get('format')!r}, want {FORMAT!r})")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
-        raise DartrtError(f"{path}: package format_version {version!r} is not supported "
-                          f"(this dartrt reads version {FORMAT_VERSION}); re-export with this dartrt")
+        raise DartrtError(f"{path}: package format_version {version!r} is not supported (this dartrt reads "
+                          f"version {FORMAT_VERSION}); re-export it: dartrt export SOURCE -o {path.parent} --force")
+    stamp = data.get(INTEGRITY)
+    if not isinstance(stamp, dict) or stamp.get("sha256") != manifest_checksum(data):
+        raise DartrtError(f"{path} was changed after dartrt wrote it (its checksum does not match); re-export the "
+                          "package, or re-run the step that wrote it")
     for key in ("model", "graphs", "files", "image_size"):
         if key not in data:
             raise DartrtError(f"{path} has no {key!r} entry; the manifest is incomplete, re-export the package")
     try:
-        ModelInfo.from_config(data["model"], int(data["image_size"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DartrtError(f"{path}: bad model entry ({exc!r})") from None
+        ModelInfo.from_config(data["model"], data["image_size"])
+    except DartrtError as exc:
+        raise DartrtError(f"{path}: {exc}") from None
+    if data.get("family") == "d-ar":  # D-AR's decoder entry has its own reader (runtime.d_ar_spec)
+        from .d_ar_spec import DARSpec
+
+        DARSpec.from_manifest(data, str(path))
 
 
 def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
@@ -107,6 +130,16 @@ def _check_graphs(root: Path, graphs: dict, files: dict) -> None:
             raise DartrtError(f"{root / MANIFEST_NAME}: graph {name!r} names no file")
         if file not in files:
             raise DartrtError(f"{root / MANIFEST_NAME}: graph {name!r} file {file} is not listed in 'files'")
+
+
+def is_package(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a dartrt package manifest (by its header; its files are not checked)."""
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def load_manifest(pkg_dir: str | Path, verify_hashes: bool = True, check_files: bool = True) -> dict:

@@ -66,6 +66,13 @@ def make_order(spec: str | Sequence | np.ndarray, grid: int) -> np.ndarray:
             return raster_order(grid)
         raise DartrtError(f"unknown order {spec!r}: use one of {', '.join(ORDER_NAMES)} or a permutation")
     arr = np.asarray(spec)
+    if arr.size == 0:
+        raise DartrtError(f"order is empty; a custom order lists all {grid * grid} cells")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        kind = {"f": "floats", "c": "complex numbers", "U": "strings", "S": "strings", "O": "objects",
+                "b": "booleans"}.get(arr.dtype.kind, arr.dtype.name)
+        raise DartrtError(f"order holds {kind}; only integer arrays are orders (cell indices r*G+c, or [G*G, 2] "
+                          "(row, col) pairs)")
     if arr.ndim == 1:
         if arr.size != grid * grid:
             raise DartrtError(f"order has {arr.size} cells but the grid is {grid}x{grid} = {grid * grid}")

@@ -56,6 +56,8 @@ class OrtBackend:
     """A package's prefill/decode/vq_decoder graphs on onnxruntime; ``device`` is what ORT really uses."""
 
     name = "onnxruntime"
+    # The graphs opened; a D-AR package has no VQ decoder (`dartrt.runtime.d_ar_ort` opens only the AR pair).
+    GRAPHS: tuple[str, ...] = (PREFILL, DECODE, VQ_DECODER)
 
     def __init__(self, manifest: Manifest, device: str = "auto", intra_op_threads: int | None = None,
                  optimization: str = "all", log_severity: int = 3, alias_cache: bool = True,
@@ -76,7 +78,7 @@ class OrtBackend:
         self.profile = RUNTIME.but(threads=intra_op_threads, optimization=optimization, log_severity=log_severity)
         requested = resolve_providers(device, cuda_tf32)
         self.sessions: dict[str, ort.InferenceSession] = {}
-        for graph in (PREFILL, DECODE, VQ_DECODER):
+        for graph in self.GRAPHS:
             path = Path((graph_files or {}).get(graph) or manifest.graph(graph).path)
             try:
                 session = SessionFromOnnx(path, self.profile, tuple(requested))()
@@ -87,6 +89,7 @@ class OrtBackend:
                 session = SessionFromOnnx(path, self.profile, tuple(requested))()
             check_io(session, path, graph_io(graph, self.n_layer, self.adaln))
             self.sessions[graph] = session
+        self._check_shapes()
         past = cache_names(self.n_layer, PAST)
         # The cache dtype is the graph's: FP16 graphs keep their KV cache in fp16 (half the bytes).
         past_type = {i.name: i.type for i in self.sessions[DECODE].get_inputs()}[past[0]]
@@ -110,6 +113,25 @@ class OrtBackend:
         self._modulation: ort.OrtValue | None = None
         self._logits: dict[tuple[int, ...], ort.OrtValue] = {}
         self._keep: list[np.ndarray] = []  # host arrays bound by pointer must outlive the run
+
+    def _check_shapes(self) -> None:
+        """The manifest's model entry must describe these graphs: a package whose manifest and graphs
+        disagree (a buggy writer, files from two packages) is refused by name before anything runs."""
+        def static(values, name):
+            shape = next(v.shape for v in values if v.name == name)
+            return [d if isinstance(d, int) else None for d in shape]
+
+        decode = self.sessions[DECODE]
+        want = {"logits vocabulary": (static(decode.get_outputs(), LOGITS)[-1], self.info.vocab_size),
+                "KV cache [heads, slots, head_dim]": (static(decode.get_inputs(), cache_names(1, PAST)[0])[1:],
+                                                      list(self.cache_shape))}
+        if VQ_DECODER in self.sessions:
+            want["token grid"] = (static(self.sessions[VQ_DECODER].get_inputs(), TOKEN_GRID)[1:],
+                                  [self.info.grid_size, self.info.grid_size])
+        for what, (graph, manifest) in want.items():
+            if graph != manifest and None not in (graph if isinstance(graph, list) else [graph]):
+                raise DartrtError(f"{self.manifest.root}: the manifest says {what} {manifest}, the graphs have "
+                                  f"{graph}; the package is inconsistent, re-export it")
 
     # ---- buffers ----------------------------------------------------------------------------------
     def _zeros(self, shape: tuple[int, ...], dtype=np.float32) -> ort.OrtValue:

@@ -168,14 +168,14 @@ def test_cli_bench_without_torch(tiny_dar_package, tmp_path, monkeypatch):
 
     monkeypatch.setattr(suite, "host_read_bandwidth", lambda nbytes, threads=1: host_read_bandwidth(SMALL, 2, threads))
     out = tmp_path / "b.json"
-    result = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--batch", "1", "--repeats", "1", "--warmup",
-                                       "0", "--threads", "1", "--no-torch", "--no-cfg", "--json", str(out)])
+    result = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--batch-size", "1", "--repeats", "1",
+                                       "--warmup", "0", "--threads", "1", "--no-torch", "--no-cfg", "--json", str(out)])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["backends"] == ["onnxruntime-cpu"] and data["reference"] is None
     assert data["batches"][0]["rows"] == 1 and "speedup" not in data["batches"][0]
-    bad = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--batch", "0", "--no-torch"])
-    assert bad.exit_code == 2 and "batch sizes must be integers >= 1" in bad.output
+    bad = CliRunner().invoke(main, ["bench", str(tiny_dar_package), "--batch-size", "0", "--no-torch"])
+    assert bad.exit_code == 2 and "'--batch-size': 0 is not in the range x>=1" in bad.output
 
 
 # ---- INT8 variants as further sides -------------------------------------------------------------------
@@ -269,7 +269,7 @@ def test_cli_bench_precision_option(int8_package, tmp_path, monkeypatch):
 
     monkeypatch.setattr(suite, "host_read_bandwidth", lambda nbytes, threads=1: host_read_bandwidth(SMALL, 2, threads))
     out = tmp_path / "b.json"
-    args = ["bench", str(int8_package), "--batch", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
+    args = ["bench", str(int8_package), "--batch-size", "1", "--repeats", "1", "--warmup", "0", "--threads", "1",
             "--no-torch", "--json", str(out)]
     result = CliRunner().invoke(main, [*args, "--precision", "int8-wo"])
     assert result.exit_code == 0, result.output

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,7 +111,7 @@ def test_bad_files_get_one_line(bad_files, tmp_path):
     cases = [
         (["generate", bad_files / "garbage"], "cannot parse"),
         (["generate", bad_files / "trunc"], "model.safetensors"),
-        (["generate", bad_files / "nowhere-such"], "neither a checkpoint folder nor a preset"),
+        (["generate", bad_files / "nowhere-such"], "does not exist: give a package folder (what `dartrt export`"),
         (["generate", "tiny-dar", "--order", bad_files / "order15.npy"], "order has 15 cells"),
         (["convert", "llamagen", "--gpt", bad_files / "garbage" / "config.json", "--vq", "x.pt",
           "--model", "tiny-llamagen", "-o", tmp_path / "c"], "config.json"),
@@ -132,8 +131,13 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr + proc.stdout
 
 
-def test_export_refuses_to_overwrite(tmp_path):
-    (tmp_path / "pkg").mkdir()
-    result = run("export", "tiny-dar", "-o", tmp_path / "pkg")
-    assert result.exit_code == 2 and "already exists" in result.output
-    assert Path(tmp_path / "pkg").is_dir() and not list((tmp_path / "pkg").iterdir())
+def test_export_refuses_to_overwrite(tmp_path, tiny_dar_package):
+    import shutil
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(tiny_dar_package, pkg)
+    before = sorted(p.name for p in pkg.iterdir())
+    result = run("export", "tiny-dar", "-o", pkg)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "already holds a package (--force replaces" in lines[0]
+    assert sorted(p.name for p in pkg.iterdir()) == before

@@ -39,7 +39,7 @@ def test_force_replaces_atomically(tmp_path):
     pkg = tmp_path / "pkg"
     ckpt = random_checkpoint("tiny-1d")
     export_package(ckpt, pkg, log=lambda *_: None)
-    with pytest.raises(DartrtError, match="already exists"):
+    with pytest.raises(DartrtError, match="already holds a package"):
         export_package(ckpt, pkg, log=lambda *_: None)
     first = load_manifest(pkg)["files"]
     export_package(random_checkpoint("tiny-1d", seed=3), pkg, force=True, log=lambda *_: None, check=False)
@@ -72,3 +72,24 @@ def test_quantize_head_option_reaches_the_recipe():
 
     assert all(c.keep_head for c in CalibrateOptions(formats=("weight-only", "qdq")).configs)
     assert not any(c.keep_head for c in CalibrateOptions(formats=("weight-only",), quantize_head=True).configs)
+
+
+def test_the_export_check_scales_with_the_logits(tmp_path):
+    """A correct graph of a model with large logits passes (the rule is atol + rtol * max|ref|), and the
+    rule is recorded in the manifest. Tolerance stated: the default FP32_STEP (atol 1e-4, rtol 1e-5).
+    The same graph under an absolute bound alone (rtol 0) is refused, which shows the model really
+    exercises the relative part: its head is scaled so the logits reach the tens, where fp32 rounding
+    alone differs by more than 1e-4 (a LlamaGen GPT-B from its checkpoint layout measured 1.35e-4)."""
+    import torch
+
+    from dartrt.runtime.metrics import FP32_STEP, Tolerance
+
+    ckpt = random_checkpoint("tiny-llamagen")
+    with torch.no_grad():
+        ckpt.model.output.weight.mul_(1000.0)
+    with pytest.raises(DartrtError, match=r"differs from torch by .* \(> 0\.0001 = atol 0\.0001 \+ rtol 0 x max"):
+        export_package(ckpt, tmp_path / "abs", log=lambda *_: None, tolerance=Tolerance(1e-4, 0.0))
+    report = export_package(ckpt, tmp_path / "rel", log=lambda *_: None)
+    check = load_manifest(tmp_path / "rel")["export_check"]["prefill"]
+    assert report.graphs["prefill"].max_abs_err > 1e-4 and check["worst_ratio"] <= 1.0
+    assert check["tolerance"] == FP32_STEP.to_dict() and check["worst_bound"] > 10 * FP32_STEP.atol

@@ -112,9 +112,47 @@ def test_missing_manifest_and_folder(pkg, tmp_path):
 def test_graph_file_not_listed(pkg):
     data = load_manifest(pkg)
     data["graphs"]["decode"]["file"] = "other.onnx"
-    (pkg / "manifest.json").write_text(json.dumps(data))
+    write_manifest(pkg, data)  # a writer's bug, not a hand edit: the checksum holds
     message = _error(pkg)
     assert "other.onnx" in message and "decode" in message
+
+
+@pytest.mark.parametrize("field, value", [("num_classes", 20), ("default_cfg", 9.0), ("grid_size", 4)])
+def test_hand_edited_manifest_is_refused(pkg, field, value):
+    """manifest.json carries its own checksum: editing the model entry by hand (which used to give
+    onnxruntime or TypeError tracebacks later) is one line when the package opens."""
+    path = pkg / "manifest.json"
+    data = json.loads(path.read_text())
+    data["model"][field] = value
+    path.write_text(json.dumps(data, indent=2))
+    message = _error(pkg, verify_hashes=False)
+    assert "changed after dartrt wrote it" in message and "checksum" in message
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("num_classes", 0, "model num_classes must be an integer >= 1, got 0"),
+    ("vocab_size", "many", "model vocab_size must be an integer >= 2, got 'many'"),
+    ("grid_size", 2.5, "model grid_size must be an integer >= 1"),
+    ("default_cfg", float("inf"), "model default_cfg must be a finite number >= 0"),
+    ("default_top_p", 0.0, "model default_top_p must be in (0, 1]"),
+    ("rope", "3d", "model rope must be one of 1d, 2d, 4d"),
+])
+def test_model_entry_is_validated(pkg, field, value, says):
+    """A manifest with a consistent checksum but an impossible model entry (a writer's bug) is refused
+    by name when it opens."""
+    data = load_manifest(pkg)
+    data["model"][field] = value
+    write_manifest(pkg, data)
+    assert says in _error(pkg)
+
+
+def test_old_format_says_how_to_re_export(pkg):
+    path = pkg / "manifest.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = 1
+    path.write_text(json.dumps(data))
+    message = _error(pkg)
+    assert "format_version 1 is not supported" in message and "dartrt export SOURCE -o" in message
 
 
 def test_write_manifest_replaces_files_and_stamps_format(pkg):

@@ -25,9 +25,9 @@ image rung keeps its bound (the VQ decoder stays fp32 in every precision), and t
 whose only bound is fp32's, is skipped.
 """
 
-from .checks import MIN_PSNR_DB, STEP_ATOL, Check, ParityReport, ParitySettings, format_table
+from .checks import FP32_STEP, MIN_PSNR_DB, Check, ParityReport, ParitySettings, format_table
 from .ladder import run_ladder, verify_package
 from .rungs import graph_checks
 
-__all__ = ["MIN_PSNR_DB", "STEP_ATOL", "Check", "ParityReport", "ParitySettings", "format_table", "graph_checks",
+__all__ = ["FP32_STEP", "MIN_PSNR_DB", "Check", "ParityReport", "ParitySettings", "format_table", "graph_checks",
            "run_ladder", "verify_package"]

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
-from dartrt.runtime.metrics import TOP1_MIN
+from dartrt.runtime.metrics import FP32_STEP, TOP1_MIN, Tolerance
 
-STEP_ATOL = 1e-4  # fp32 logits, max-abs (Optimum's decoder tests use the same)
 MIN_PSNR_DB = 60.0  # uint8 images; 60 dB is an RMS error of 0.26 grey levels
-__all__ = ["MIN_PSNR_DB", "STEP_ATOL", "TOP1_MIN"]
+__all__ = ["FP32_STEP", "MIN_PSNR_DB", "TOP1_MIN"]
 
 
 # ---- rows -------------------------------------------------------------------------------------------
@@ -109,7 +108,8 @@ class ParitySettings:
 
     ``threads`` (None: the libraries' defaults) applies to torch and to the backend's onnxruntime
     sessions alike, so their timings and float summation orders are taken under the same conditions.
-    ``order`` overrides the model's scan order (None: the order it was trained with)."""
+    ``order`` overrides the model's scan order (None: the order it was trained with). ``tolerance`` is
+    the fp32 rule for step logits and captured outputs (`dartrt.runtime.metrics.Tolerance`)."""
 
     seeds: int = 2
     classes_per_seed: int = 2
@@ -117,6 +117,7 @@ class ParitySettings:
     polygraphy_steps: int = 3
     threads: int | None = None
     order: str | None = None
+    tolerance: Tolerance = FP32_STEP
 
     def __post_init__(self) -> None:
         for name in ("seeds", "classes_per_seed", "images"):

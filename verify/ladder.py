@@ -11,7 +11,7 @@ from dartrt.runtime.contract import DECODE
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
 
-from .checks import STEP_ATOL, Check, GraphHook, ParityReport, ParitySettings, format_figure, skipped
+from .checks import Check, GraphHook, ParityReport, ParitySettings, skipped
 from .polygraphy_rung import polygraphy_check
 from .rungs import _generation_runs, graph_checks, image_check, sequence_checks, step_check
 
@@ -37,17 +37,18 @@ def run_ladder(manifest: Manifest, reference, backend: Backend, settings: Parity
         checks += list(hook(manifest))
     say(f"generation runs: {settings.seeds} seeds x greedy/sampling, torch and {backend.name} in lockstep")
     runs = _generation_runs(reference, backend, settings, adaln=bool(manifest.data["model"].get("adaln")))
-    checks += step_check(runs, backend.info.seq_len, precision)
+    checks += step_check(runs, backend.info.seq_len, settings.tolerance, precision)
     checks += sequence_checks(runs, settings, precision)
     say("image decode")
     checks.append(image_check(reference, backend, runs.grids[:settings.images]))
     if precision != "fp32":
-        checks.append(skipped("polygraphy:decode", f"<= {format_figure(STEP_ATOL)}",
+        checks.append(skipped("polygraphy:decode", settings.tolerance.describe(),
                               f"its only bound is fp32's; {precision} is judged by step:top1"))
         return checks
     say("polygraphy")
     providers = list(getattr(backend, "provider_specs", None) or ["CPUExecutionProvider"])
-    checks.append(polygraphy_check(manifest.graph(DECODE).path, runs.feeds, runs.expected, providers))
+    checks.append(polygraphy_check(manifest.graph(DECODE).path, runs.feeds, runs.expected, providers,
+                                   settings.tolerance))
     return checks
 
 

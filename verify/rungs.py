@@ -12,10 +12,10 @@ from dartrt.runtime.backend import Backend
 from dartrt.runtime.contract import LOGITS, MODULATION, PAST, PRESENT, step_feed
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
-from dartrt.runtime.metrics import psnr_uint8
+from dartrt.runtime.metrics import Deviation, Tolerance, psnr_uint8
 from dartrt.runtime.scheduler import Request, build_request, sample_tokens, tokens_to_grids
 
-from .checks import MIN_PSNR_DB, STEP_ATOL, TOP1_MIN, Check, ParitySettings, at_least, at_most, format_figure, info
+from .checks import MIN_PSNR_DB, TOP1_MIN, Check, ParitySettings, at_least, info
 
 
 # ---- rung 1: graphs -------------------------------------------------------------------------------------
@@ -72,12 +72,14 @@ class Lockstep:
 
     name = "lockstep"
 
-    def __init__(self, reference, backend: Backend, capture: Iterable[int] = (), adaln: bool = False) -> None:
+    def __init__(self, reference, backend: Backend, tolerance: Tolerance, capture: Iterable[int] = (),
+                 adaln: bool = False) -> None:
         self.ref, self.other = reference, backend
         self.info = backend.info
+        self.tolerance = tolerance
         self.capture = set(capture)
         self.adaln = adaln
-        self.errors: list[float] = []  # one per call: prefill, then each step
+        self.deviations: list[Deviation] = []  # one per call: prefill, then each step
         self.peak = 0.0  # max |logit| of the reference
         self.top1 = [0, 0]  # rows whose argmax equals the reference's, rows compared
         self.feeds: list[dict[str, np.ndarray]] = []
@@ -86,8 +88,7 @@ class Lockstep:
     def _record(self, want: np.ndarray, got: np.ndarray) -> np.ndarray:
         if got.shape != want.shape:
             raise DartrtError(f"{self.other.name} returned logits {got.shape}, the reference {want.shape}")
-        diff = np.abs(got.astype(np.float64) - want)
-        self.errors.append(math.inf if np.isnan(diff).any() else float(diff.max()))
+        self.deviations.append(self.tolerance.judge(want, got))
         self.peak = max(self.peak, float(np.abs(want).max()))
         self.top1[0] += int((np.argmax(got, axis=-1) == np.argmax(want, axis=-1)).sum())
         self.top1[1] += int(np.prod(want.shape[:-1]))
@@ -122,7 +123,7 @@ class Lockstep:
 class _Runs:
     """What the generation runs produced, for the rows that summarise them."""
 
-    step_errors: list[float] = field(default_factory=list)
+    step_deviations: list[Deviation] = field(default_factory=list)
     top1: list[int] = field(default_factory=lambda: [0, 0])  # teacher-forced argmax matches, rows compared
     peak: float = 0.0
     rows: int = 0
@@ -158,11 +159,11 @@ def _generation_runs(reference, backend: Backend, settings: ParitySettings, adal
         classes = [(seed * settings.classes_per_seed + j) % info.num_classes for j in range(settings.classes_per_seed)]
         for mode in ("sampling", "greedy"):
             request = _request(backend, classes, seed, mode, settings.order)
-            lock = Lockstep(reference, backend, capture if out.runs == 0 else (), adaln)
+            lock = Lockstep(reference, backend, settings.tolerance, capture if out.runs == 0 else (), adaln)
             want = sample_tokens(lock, request)
             got = sample_tokens(backend, request)
             out.runs += 1
-            out.step_errors += lock.errors
+            out.step_deviations += lock.deviations
             out.top1 = [out.top1[0] + lock.top1[0], out.top1[1] + lock.top1[1]]
             out.peak = max(out.peak, lock.peak)
             out.rows = 2 * len(classes) if request.cfg.enabled else len(classes)
@@ -182,19 +183,23 @@ def _generation_runs(reference, backend: Backend, settings: ParitySettings, adal
     return out
 
 
-def step_check(runs: _Runs, steps_per_run: int, precision: str = "fp32") -> list[Check]:
-    """fp32: max |Δlogit| <= STEP_ATOL. Lower precisions: that figure as INFO, and teacher-forced top-1
-    agreement (every step, every row incl. CFG null rows) >= TOP1_MIN as the bound."""
-    err = max(runs.step_errors) if runs.step_errors else math.nan
-    worst = int(np.argmax(runs.step_errors)) % steps_per_run if runs.step_errors else -1
+def step_check(runs: _Runs, steps_per_run: int, tolerance: Tolerance, precision: str = "fp32") -> list[Check]:
+    """fp32: every call's max |Δlogit| within ``tolerance``. Lower precisions: that figure as INFO, and
+    teacher-forced top-1 agreement (every step, every row incl. CFG null rows) >= TOP1_MIN as the bound."""
+    devs = runs.step_deviations
+    at = int(np.argmax([d.ratio for d in devs])) if devs else -1
+    worst = devs[at] if devs else Deviation(math.nan, math.nan)
+    err = max((d.max_abs for d in devs), default=math.nan)
     rel = err / runs.peak if runs.peak else math.nan
     detail = (f"{runs.runs} runs x {steps_per_run} steps (all G*G), {runs.rows} rows incl. CFG null rows; "
-              f"worst at step {worst}; max|logit| {runs.peak:.3g}, relative {rel:.2e}")
+              f"closest to its bound at step {at % steps_per_run if devs else -1}; max|logit| {runs.peak:.3g}, "
+              f"largest difference relative {rel:.2e}")
+    bound = f"<= {worst.bound:.3g} ({tolerance.describe()})"
     if precision == "fp32":
-        return [at_most("step:logits", err, STEP_ATOL, detail)]
+        return [Check("step:logits", worst.max_abs, bound, all(d.ok for d in devs) and bool(devs), detail)]
     same, total = runs.top1
     agreement = same / total if total else math.nan
-    return [info("step:logits", err, f"fp32 only: <= {format_figure(STEP_ATOL)}",
+    return [info("step:logits", err, f"fp32 only: {tolerance.describe()}",
                  f"{precision} is not held to the fp32 bound; {detail}"),
             at_least("step:top1", agreement, TOP1_MIN,
                      f"{precision}: {same} of {total} teacher-forced argmaxes equal the reference's "

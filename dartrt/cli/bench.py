@@ -6,26 +6,28 @@ import click
 
 from dartrt.extras import require
 
-from .common import one_line_errors
+from .common import check_json_path, json_option, one_line_errors, threads_option
 
 
 @click.command("bench")
 @click.argument("package", type=click.Path(file_okay=False))
-@click.option("--batch", "batches", type=int, multiple=True, help="Batch size (repeatable). Default: 1 and 8.")
-@click.option("--repeats", type=int, default=5, show_default=True, help="Timed turns per measurement.")
-@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed turns first.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report here.")
+@click.option("--batch-size", "batches", type=click.IntRange(min=1), multiple=True,
+              help="Images per batch, >= 1 (repeatable; CFG doubles the rows). Default: 1 and 8.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timed turns per measurement, >= 1.")
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed turns first, >= 0.")
+@json_option
 @click.option("--source", default=None,
               help="The torch reference: checkpoint folder or preset. Default: the package's recorded source.")
 @click.option("--no-torch", is_flag=True, help="Time onnxruntime alone (no reference, no GPU section).")
 @click.option("--no-cfg", is_flag=True, help="Bench without classifier-free guidance (rows not doubled).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where onnxruntime and torch run the main comparison.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads for both backends (default: usable CPUs).")
+@threads_option
 @click.option("--precision", "precisions", multiple=True, metavar="NAME",
-              help="Also time this calibration variant (repeatable: int8-dynamic, int8-wo, int8-ort, int8; "
-                   "'all' = every variant that runs on --device), interleaved with ORT fp32, which is always "
-                   "timed. Default: fp32 only.")
+              help="Also time this precision of the package (repeatable: fp16, int8-dynamic, int8-wo, int8-ort, "
+                   "int8, ...; 'all' = every one that runs on --device), interleaved with ORT fp32, which is "
+                   "always timed. Default: fp32 only.")
 @click.option("--gpu-only", is_flag=True,
               help="Only the GPU section: torch eager vs CUDA graph vs the HBM floor, no onnxruntime (for a GPU "
                    "machine without onnxruntime-gpu or TensorRT).")
@@ -40,6 +42,7 @@ def bench(package, batches, repeats, warmup, json_path, source, no_torch, no_cfg
     """Latency of PACKAGE: onnxruntime vs the torch reference, interleaved in one run, next to the
     memory-bandwidth floor measured in the same run (and torch eager vs CUDA graph on a GPU).
     With --precision, INT8 variants run in the same round-robin, priced by their own weight bytes."""
+    check_json_path(json_path)
     against = "" if no_torch else " against the torch reference (--no-torch times onnxruntime alone)"
     require(("onnx",) if no_torch else ("onnx", "torch", "safetensors"), f"`dartrt bench`{against}")
     from dartrt.bench.suite import run_bench

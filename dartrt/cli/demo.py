@@ -9,7 +9,7 @@ import click
 from dartrt.extras import require
 from dartrt.runtime.errors import DartrtError
 
-from .common import one_line_errors, open_backend
+from .common import backend_option, one_line_errors, open_backend, threads_option
 
 
 @click.command("train-demo")
@@ -17,7 +17,7 @@ from .common import one_line_errors, open_backend
 @click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny step counts; not a usable model).")
 @click.option("--eval/--no-eval", "run_eval", default=True, show_default=True,
               help="Measure image quality afterwards and write metrics.json.")
-@click.option("--threads", type=int, default=2, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="torch threads (use 1 on a machine shared with other jobs: oversubscription is far slower).")
 @click.option("--reuse-classifier", is_flag=True, help="Keep the (seeded) classifier already in --out.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
@@ -48,26 +48,26 @@ def train_demo_cmd(out, quick, run_eval, threads, reuse_classifier, cache_dir, b
 
 @click.command("eval-demo")
 @click.argument("source", required=False)
-@click.option("--n", "n_per_class", type=int, default=50, show_default=True, help="Images per class.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--n", "n_per_class", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Images per class, >= 1.")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True, help="Seed, >= 0.")
+@backend_option()
+@threads_option
 @click.option("--write", is_flag=True, help="Store the result as SOURCE's metrics.json (checkpoints only).")
 @one_line_errors
-def eval_demo_cmd(source, n_per_class, seed, backend, write):
+def eval_demo_cmd(source, n_per_class, seed, backend, threads, write):
     """Class accuracy and Fréchet distance of generated demo images, at CFG 1.0 and the default CFG."""
-    _eval_demo(source, n_per_class, seed, backend, write)
+    _eval_demo(source, n_per_class, seed, backend, write, threads)
 
 
-def _eval_demo(source, n_per_class: int, seed: int, backend: str, write: bool) -> None:
+def _eval_demo(source, n_per_class: int, seed: int, backend: str, write: bool, threads: int | None = None) -> None:
 
     from dartrt.dar.checkpoint import BUNDLED
     from dartrt.runtime.fileio import atomic_write_json
     require(("torch", "safetensors"), "`dartrt eval-demo` (its judge is a torch classifier)")
     from dartrt.dar.demo.evaluate import evaluate_backend
 
-    if n_per_class < 1:
-        raise DartrtError(f"--n must be >= 1, got {n_per_class}")
-    engine = open_backend(source, backend)
+    engine = open_backend(source, backend, threads=threads)
     folder = Path(source) if source else BUNDLED
     classifier_dir = folder if (folder / "classifier.json").is_file() else BUNDLED
     report = evaluate_backend(engine, classifier_dir, n_per_class=n_per_class, seed=seed)

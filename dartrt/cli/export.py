@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from dartrt.extras import EXPORT_MODULES, require
-from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.contract import MAX_OPSET, MIN_OPSET, OPSET
 
-from .common import one_line_errors
+from .common import one_line_errors, tolerance_options
 
 
 @click.group()
@@ -55,19 +55,30 @@ def convert_d_ar(tokenizer_path, gpt_path, preset, gpt_weights, out):
 
 @click.command("export")
 @click.argument("source", required=False)
-@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Package folder to write.")
-@click.option("--opset", type=int, default=24, show_default=True)
-@click.option("--force", is_flag=True, help="Overwrite an existing package.")
+@click.option("-o", "--out", type=click.Path(), required=True,
+              help="Package folder to write: new, empty, or (with --force) an existing dartrt package.")
+@click.option("--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), default=OPSET, show_default=True,
+              help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET} (the exporter writes broken files outside it).")
+@click.option("--force", is_flag=True,
+              help="Replace OUT if it is a dartrt package. Nothing else is ever replaced: a folder with other "
+                   "files, or the checkpoint being exported, is refused.")
+@tolerance_options
 @one_line_errors
-def export_cmd(source, out, opset, force):
-    """Export SOURCE (checkpoint folder, preset, or the bundled model) to an ONNX package."""
+def export_cmd(source, out, opset, force, atol, rtol):
+    """Export SOURCE (checkpoint folder, preset, or the bundled model) to an ONNX package; every graph is
+    checked in onnxruntime against eager torch under --atol/--rtol before the package is written."""
     require(EXPORT_MODULES, "`dartrt export`")
-    from dartrt.dar.checkpoint import resolve_source
+    from dartrt.dar.checkpoint import BUNDLED, resolve_source
     from dartrt.exporter import export_package
+    from dartrt.exporter.target import check_target
+    from dartrt.runtime.metrics import FP32_IMAGE, Tolerance
 
-    if Path(out).exists() and not force:
-        raise DartrtError(f"{out} already exists (use --force to overwrite)")
+    folder = BUNDLED if source is None else Path(source)
+    check_target(Path(out), force, folder if folder.is_dir() else None)  # before the checkpoint is loaded
     ckpt = resolve_source(source)
     click.echo(f"exporting {ckpt.source} → {out}")
-    report = export_package(ckpt, out, force=force, opset=opset, log=click.echo)
+    tolerance = Tolerance(atol, rtol)
+    image = Tolerance(max(FP32_IMAGE.atol, atol), max(FP32_IMAGE.rtol, rtol))
+    report = export_package(ckpt, out, force=force, opset=opset, log=click.echo, tolerance=tolerance,
+                            image_tolerance=image)
     click.echo(f"wrote {report.package} in {report.seconds:.1f}s")

@@ -14,7 +14,7 @@ from .common import one_line_errors
 
 @click.command("calibrate")
 @click.argument("package", type=click.Path(file_okay=False))
-@click.option("--samples", type=int, default=64, show_default=True,
+@click.option("--samples", type=click.IntRange(min=1), default=64, show_default=True,
               help="Decode calls recorded (stratified over positions); the KV caches make each one MBs.")
 @click.option("--method", type=click.Choice(["entropy", "max"]), default="max", show_default=True,
               help="Activation range calibration for the Q/DQ formats (max: no clipping; entropy: KL clipping).")
@@ -28,14 +28,16 @@ from .common import one_line_errors
 @click.option("--keep", multiple=True,
               help="Module-scope regex kept in high precision (repeatable), e.g. 'layers\\.5\\.'.")
 @click.option("--source", default=None, help="Checkpoint or preset the package was exported from (default: manifest).")
-@click.option("--images", type=int, default=10, show_default=True, help="Images for the FP32-vs-INT8 comparison.")
-@click.option("--eval-n", type=int, default=0, show_default=True,
+@click.option("--images", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Images for the FP32-vs-INT8 comparison, >= 1.")
+@click.option("--eval-n", type=click.IntRange(min=0), default=0, show_default=True,
               help="Demo model only: images per class for class accuracy / Fréchet distance (0: skip).")
 @click.option("--sensitivity", is_flag=True, help="Also rank layer groups by INT8 cost and report the trade-off.")
 @click.option("--auto-keep/--no-auto-keep", default=True, show_default=True,
               help="If the qdq variant misses top-1 0.95, keep its costliest sublayer kinds in high precision.")
 @click.option("--reuse-traces", is_flag=True, help="Keep the recorded traces instead of re-recording them.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True,
+              help="Seed of the trace plan and of the comparison images, >= 0.")
 @click.option("--quantize-head", is_flag=True,
               help="Quantize the logits head too (kept high precision by default: CFG amplifies its error); "
                    "the last ~15 % of CPU INT8 speed.")
@@ -64,7 +66,7 @@ def calibrate_cmd(package, samples, method, formats, high_precision, keep, sourc
 @click.option("--precision", type=click.Choice(["fp16", "int8", "fp8", "int4-awq"]), required=True,
               help="fp16: the FP16-cast graphs (prepared automatically); int8 / fp8 / int4-awq: the Q/DQ graphs "
                    "of `dartrt calibrate --format qdq|fp8|int4-awq` (the -fp16 variant when there is one).")
-@click.option("--max-batch", type=int, default=8, show_default=True,
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
               help="Images per batch; decoder engines take up to 2x rows (CFG).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
               help="TensorRT timing cache to load and append to (speeds up rebuilds).")
