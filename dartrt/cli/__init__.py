@@ -8,6 +8,8 @@ by the commands that need them.
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .bench import bench
@@ -19,7 +21,29 @@ from .serve import bench_serve_cmd, serve_cmd
 from .verify import verify
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class DartrtGroup(click.Group):
+    """click's group, with its usage errors (an unknown option, a value out of range) reported like every
+    other bad input: one line naming the problem, exit status 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "dartrt"
+            click.echo(f"error: {' '.join(exc.format_message().split())} (see `{where} --help`)", err=True)
+            sys.exit(2)
+        except click.Abort:
+            click.echo("\ninterrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=DartrtGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dartrt")
 def main() -> None:
     """Export DAR-family image generators to ONNX/TensorRT packages and run them."""
