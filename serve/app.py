@@ -45,7 +45,7 @@ from dartrt.runtime.scheduler import Request as RuntimeRequest
 from .batching import Outcome, run_batch
 from .codec import generate_answer, png_bytes
 from .config import DEPLOYMENT_NAME, INGRESS_NAME, ServeConfig
-from .errors import status_of
+from .errors import UNAVAILABLE, ServeError, status_of
 from .gate import AdmissionGate
 from .schema import check_precision, parse_body, to_request, wants_png
 
@@ -180,9 +180,22 @@ class Ingress:
         for metric in (self._m_rejected, self._m_retries):
             metric.set_default_tags({"model": self.info.name})
 
+    async def _precision(self) -> str:
+        """The precision served: known from the config, except TensorRT's best engine (asked once)."""
+        return self.config.served_precision or (await self._describe())["precision"]
+
     async def _describe(self) -> dict:
+        """The generators' backend and precision, asked once (retried like a request; 503 if none answers)."""
         if self._described is None:
-            self._described = await self.generator.describe.remote()
+            for attempt in range(RETRIES + 1):
+                try:
+                    self._described = await self.generator.describe.remote()
+                    break
+                except (*REPLICA_LOST, BackPressureError, DeploymentUnavailableError) as exc:
+                    if attempt == RETRIES:
+                        why = "it is at capacity" if isinstance(exc, BackPressureError) else type(exc).__name__
+                        raise ServeError(f"no generator replica answered ({why}); retry later", UNAVAILABLE) from None
+                    await asyncio.sleep(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)])
         return self._described
 
     def _refuse(self, message: str, status: int, headers: dict | None = None) -> JSONResponse:
@@ -207,8 +220,8 @@ class Ingress:
         """Images for ``{"class_ids": [...], ...}``: JSON with base64 PNGs, or ``image/png`` for one image."""
         try:
             body = parse_body(await request.body())
-            described = await self._describe()
-            check_precision(body.precision, described["precision"], self.precisions)
+            precision = await self._precision()
+            check_precision(body.precision, precision, self.precisions)
             runtime_request = to_request(body, self.info, self.config.max_batch)
             png = wants_png(request.headers.get("accept"), len(runtime_request.class_ids))
         except DartrtError as exc:
@@ -231,15 +244,19 @@ class Ingress:
         if png:
             return Response(content=rendered.pngs[0], media_type="image/png", headers=headers)
         order = body.order if isinstance(body.order, str) else (self.info.order if body.order is None else None)
-        answer = generate_answer(self.info.name, described["precision"], runtime_request, rendered.pngs, order,
+        answer = generate_answer(self.info.name, precision, runtime_request, rendered.pngs, order,
                                  rendered.batch_images, rendered.batch_requests, retries)
         return JSONResponse(answer, headers=headers)
 
     @api.get("/v1/models")
-    async def models(self) -> dict:
+    async def models(self) -> Response:
         """The model served, its defaults and the service's limits."""
-        info, described = self.info, await self._describe()
-        return {"models": [{
+        try:
+            described = await self._describe()
+        except DartrtError as exc:
+            return error_response(str(exc), status_of(exc))
+        info = self.info
+        return JSONResponse({"models": [{
             "name": info.name, "num_classes": info.num_classes, "class_names": list(info.class_names),
             "image_size": info.image_size, "grid_size": info.grid_size, "vocab_size": info.vocab_size,
             "precision": described["precision"], "precisions": list(self.precisions),
@@ -250,12 +267,15 @@ class Ingress:
             "choices": {"order": list(ORDER_NAMES), "cfg_schedule": list(SCHEDULES)},
             "limits": {"max_images_per_request": self.config.max_batch, "max_batch_images": self.config.max_batch,
                        "batch_wait_ms": self.config.batch_wait_ms, "max_queued_requests": self.config.max_queued},
-        }]}
+        }]})
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
         """200 while at least one generator replica runs ("degraded" when fewer than asked for), else 503."""
-        app = serve.status().applications.get(self.config.app_name)
+        try:
+            app = serve.status().applications.get(self.config.app_name)
+        except Exception as exc:  # noqa: BLE001 - the controller is unreachable: say so, do not crash the probe
+            return error_response(f"Serve's controller did not answer ({type(exc).__name__})", UNAVAILABLE)
         deployment = app.deployments.get(DEPLOYMENT_NAME) if app is not None else None
         states = {str(k): v for k, v in (deployment.replica_states if deployment is not None else {}).items()}
         running = states.get("RUNNING", 0)

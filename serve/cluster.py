@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,11 +49,29 @@ def preflight(config: ServeConfig) -> ServeConfig:
     """The checked config with the package as an absolute path (replicas do not share our working folder)."""
     config.check()
     manifest = Manifest.load(config.package)  # every file hashed once here: a corrupt package fails now
-    if config.backend == "tensorrt":
-        engine_precision(manifest.data, config.precision, config.package)
+    if config.backend == "tensorrt":  # None: the backend picks the best engine built, known once it opens
+        served = engine_precision(manifest.data, config.precision, config.package)
     else:
-        resolve_precision(manifest.data, config.precision, config.package)
-    return replace(config, package=str(Path(config.package).resolve()))
+        served = resolve_precision(manifest.data, config.precision, config.package).name
+    return replace(config, package=str(Path(config.package).resolve()), served_precision=served)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """The proxy's port must be free on this machine (a local instance), or Ray fails deep inside."""
+    bind_host = "0.0.0.0" if host in ("0.0.0.0", "") else host
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind_host, port))
+        except OSError as exc:
+            raise DartrtError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port "
+                              "or --host") from None
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return next((ln for ln in reversed(lines) if "Error:" in ln), lines[-1] if lines else type(exc).__name__)
 
 
 def _ort_has_cuda() -> bool:
@@ -109,8 +128,12 @@ def deploy(config: ServeConfig, started_ray: bool) -> Service:
 
     totals = ray.cluster_resources()
     res = resolve_resources(config, float(totals.get("CPU", 0)), float(totals.get("GPU", 0)), _ort_has_cuda())
-    serve.start(http_options={"host": config.host, "port": config.port,
-                              "request_timeout_s": config.request_timeout_s})
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port,
+                                  "request_timeout_s": config.request_timeout_s})
+    except (RuntimeError, ray.exceptions.RayError) as exc:
+        raise DartrtError(f"Ray Serve could not start its HTTP proxy on {config.host}:{config.port}: "
+                          f"{_last_line(exc)}") from None
     generator = Generator.options(
         num_replicas=config.replicas, max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued,
@@ -118,15 +141,12 @@ def deploy(config: ServeConfig, started_ray: bool) -> Service:
     ).bind(config, res.threads)
     app = Ingress.options(
         num_replicas=config.ingress_replicas, max_ongoing_requests=config.ingress_max_ongoing_requests,
-        max_queued_requests=config.max_queued, ray_actor_options={"num_cpus": 0},
+        max_queued_requests=config.ingress_max_ongoing_requests, ray_actor_options={"num_cpus": 0},
     ).bind(config, generator)
     try:
         serve.run(app, name=config.app_name, route_prefix=config.route_prefix, blocking=False)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        last = lines[-1] if lines else ""
-        cause = next((ln for ln in reversed(lines) if "DartrtError" in ln or "Error:" in ln), last)
-        raise DartrtError(f"the service did not start: {cause}") from None
+    except (RuntimeError, ray.exceptions.RayError) as exc:
+        raise DartrtError(f"the service did not start: {_last_line(exc)}") from None
     host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
     prefix = config.route_prefix.rstrip("/")
     return Service(config, f"http://{host}:{config.port}{prefix}", metrics_url(), res.num_cpus, res.num_gpus,
@@ -138,6 +158,8 @@ def start(config: ServeConfig, *, metrics_port: int | None = None, num_cpus: int
     """Preflight, Ray, deployment: a running service, or one line saying why not (Ray left as found)."""
     require_serve()
     config = preflight(config)
+    if config.address in (None, "", "local"):
+        check_port_free(config.host, config.port)
     started = start_ray(config, metrics_port, num_cpus, temp_dir)
     try:
         return deploy(config, started)

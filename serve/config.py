@@ -8,8 +8,10 @@ Why the derived numbers:
   proxy's queue in front of the ingress has the same bound. Overload is refused, never dropped silently
   or left hanging.
 - The ingress only parses, validates and encodes, so it takes no CPU reservation; it may hold every
-  request the generators and their queue can, plus room for the ones it refuses at once. Two ingress
-  replicas (one for a single generator) keep HTTP up while one of them restarts.
+  request the generators and their queue can, plus room for the ones it refuses at once, and the proxy
+  queues as many again in front of it (requests wait there briefly even when replicas are free, while
+  Serve's router picks one, so a tight bound here would refuse bursts a free service could take). Two
+  ingress replicas (one for a single generator) keep HTTP up while one of them restarts.
 - On the CPU the replicas split the cores: each runs onnxruntime with ``threads`` intra-op threads and
   reserves that many Ray CPUs, so Ray never packs more replicas than cores onto a node. A GPU backend
   reserves one GPU per replica (``num_gpus``), and Ray makes that GPU the only one the replica sees.
@@ -47,6 +49,7 @@ class ServeConfig:
     request_timeout_s: float = 300.0
     route_prefix: str = "/"
     app_name: str = APP_NAME
+    served_precision: str | None = None  # set by cluster.preflight where the driver can tell (onnxruntime)
 
     def check(self) -> ServeConfig:
         """One line for the first bad setting; returns self so calls chain."""

@@ -11,10 +11,11 @@ from dartrt.runtime.errors import DartrtError
 BAD_REQUEST = 400
 NOT_ACCEPTABLE = 406
 TOO_LARGE = 413
+UNAVAILABLE = 503
 
 
 class ServeError(DartrtError):
-    """A request the service refuses; ``status`` is the 4xx that says why."""
+    """A request the service refuses; ``status`` says why (a 4xx: the request; 503: the service)."""
 
     def __init__(self, message: str, status: int = BAD_REQUEST) -> None:
         super().__init__(message)

@@ -108,3 +108,14 @@ def test_bench_report_compares_with_the_faster_loop():
     assert report.ratio(served) == 2.0
     table = report.markdown()
     assert "**2.00x**" in table and "12.5" in table and "before Ray started" in table
+
+
+def test_a_busy_port_is_one_line_before_ray():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))  # loopback only, for the duration of the check
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with pytest.raises(DartrtError, match=f"cannot listen on 127.0.0.1:{port}"):
+            cluster.check_port_free("127.0.0.1", port)
