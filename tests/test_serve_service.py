@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -136,7 +137,7 @@ def _metrics(url: str | None, deadline_s: float) -> dict:
     return {"url": url, "names": [n for n in names if "serve" in n or "dartrt" in n]}
 
 
-def drive(out: Path, demo_pkg: str, tiny_pkg: str) -> None:
+def drive(out: Path, demo_pkg: str, tiny_pkg: str, ray_dir: str) -> None:
     import ray
 
     from dartrt.serve import cluster
@@ -149,7 +150,7 @@ def drive(out: Path, demo_pkg: str, tiny_pkg: str) -> None:
     t0 = time.monotonic()
     config = ServeConfig(demo_pkg, replicas=2, threads=1, max_batch=16, max_queued=64, port=PORT,
                          request_timeout_s=REQUEST_TIMEOUT_S)
-    service = cluster.start(config, num_cpus=4, temp_dir=str(out / "ray"))
+    service = cluster.start(config, num_cpus=4, temp_dir=ray_dir)
     results["start_s"] = time.monotonic() - t0
     try:
         client = Client(service.url, timeout=30)
@@ -241,18 +242,22 @@ def served(demo_package, tiny_dar_package, tmp_path_factory):
     if reason:
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("serve-run")
-    (out / "home").mkdir()
+    (out / "home").mkdir()  # Ray writes its auth token under HOME
+    ray_dir = tempfile.mkdtemp(prefix="dartrt-ray-", dir="/tmp")  # short: Ray's unix sockets live under it
     env = {**os.environ, "HOME": str(out / "home"), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     command = f"ip link set lo up && exec {sys.executable} -P {Path(__file__).resolve()} {out} {demo_package} " \
-              f"{tiny_dar_package}"
-    with open(out / "driver.log", "wb") as log:
-        proc = subprocess.Popen([*NAMESPACE, "sh", "-c", command], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-        try:
-            proc.wait(timeout=RUN_LIMIT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # unshare --kill-child takes every namespaced process with it
-            proc.wait(timeout=30)
+              f"{tiny_dar_package} {ray_dir}"
+    try:
+        with open(out / "driver.log", "wb") as log:
+            proc = subprocess.Popen([*NAMESPACE, "sh", "-c", command], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
+            try:
+                proc.wait(timeout=RUN_LIMIT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # unshare --kill-child takes every namespaced process with it
+                proc.wait(timeout=30)
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
     tail = (out / "driver.log").read_bytes()[-4000:].decode("utf-8", "replace")
     assert proc.returncode == 0 and (out / "results.json").is_file(), f"driver failed:\n{tail}"
     return json.loads((out / "results.json").read_text())
@@ -354,4 +359,4 @@ def test_models_health_and_metrics(served):
 
 
 if __name__ == "__main__":
-    drive(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    drive(Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])
