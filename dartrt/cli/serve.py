@@ -28,7 +28,8 @@ def service_options(fn):
                      help="How long a batch waits for more requests after its first one (under load, longer "
                           "waits pack fuller batches; alone, a request waits this long)."),
         click.option("--max-queued", type=int, default=64, show_default=True,
-                     help="Requests the proxy queues when every replica is full; past that it answers 503."),
+                     help="Requests queued for the generators (per ingress replica) when every replica is full; "
+                          "past that the service answers 503."),
         click.option("--precision", default=None, help="fp32 (default), fp16 or a calibration variant of the package."),
         click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True),
         click.option("--threads", type=int, default=None,
