@@ -82,10 +82,7 @@ class ModelConfig:
             raise DartrtError(f"config: rope must be one of {ROPE_KINDS}, got {self.rope!r}")
         if self.token_embedding not in EMBEDDINGS:
             raise DartrtError(f"config: token_embedding must be one of {EMBEDDINGS}, got {self.token_embedding!r}")
-        try:
-            check_model_fields(dataclasses.asdict(self))
-        except DartrtError as exc:
-            raise DartrtError(f"config: {exc}") from None
+        check_model_fields(dataclasses.asdict(self), prefix="config: ")
         chunks = {"1d": 1, "2d": 2, "4d": 4}[self.rope]
         if self.head_dim % (2 * chunks):
             raise DartrtError(f"config: head_dim {self.head_dim} is not divisible by {2 * chunks} for {self.rope} RoPE")

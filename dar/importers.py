@@ -93,10 +93,13 @@ def load_checkpoint(path_or_sd: PathOrSd) -> tuple[StateDict, str]:
     name = f"checkpoint {Path(path_or_sd).name}"
     try:
         obj = torch.load(os.fspath(path_or_sd), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DartrtError(f"{name}: file not found ({path_or_sd})") from None
     except Exception as exc:  # noqa: BLE001 - every reader failure maps to the same user error
         text = str(exc).strip()
-        reason = text.splitlines()[0][:200] if text else "no message"
-        raise DartrtError(f"{name}: cannot read ({type(exc).__name__}: {reason})") from exc
+        reason = text.splitlines()[0].split(". ")[0][:160] if text else "no message"
+        raise DartrtError(f"{name} is not a PyTorch checkpoint of tensors that can be read safely "
+                          f"({type(exc).__name__}: {reason})") from None
     if not isinstance(obj, Mapping):
         raise DartrtError(f"{name}: expected a dict of tensors, got {type(obj).__name__}")
     return clean_state_dict(obj, name), name

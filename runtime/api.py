@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from .arguments import callback
 from .backend import Backend
 from .errors import DartrtError
 from .package import open_package_backend
@@ -34,6 +35,7 @@ def generate(package, class_ids, *, n_per_class: int = 1, cfg: float | None = No
     "int8-dynamic"; see `dartrt.runtime.precisions`). An opened Backend already has its precision, so a different
     one is refused rather than silently ignored.
     """
+    callback("on_step", on_step)
     if _is_backend(package):
         engine: Backend = package
         have = getattr(package, "precision", None) or "fp32"

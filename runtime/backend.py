@@ -68,9 +68,9 @@ _INT_FIELDS = {"num_classes": 1, "vocab_size": 2, "grid_size": 1, "default_top_k
 _CHOICES = {"rope": ("1d", "2d", "4d"), "default_cfg_schedule": ("constant", "linear", "power-cosine")}
 
 
-def check_model_fields(cfg: dict) -> None:
+def check_model_fields(cfg: dict, prefix: str = "model ") -> None:
     """Raise one `DartrtError` line for the first field of a model config dict that is missing, of the
-    wrong type, or out of range (the fields the runtime reads)."""
+    wrong type, or out of range (the fields the runtime reads); ``prefix`` starts each field's name."""
     if not isinstance(cfg, dict):
         raise DartrtError(f"the model entry must be an object, got {type(cfg).__name__}")
 
@@ -82,13 +82,13 @@ def check_model_fields(cfg: dict) -> None:
     for key, low in _INT_FIELDS.items():
         value = need(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise DartrtError(f"model {key} must be an integer >= {low}, got {value!r}")
+            raise DartrtError(f"{prefix}{key} must be an integer >= {low}, got {value!r}")
     for key, choices in _CHOICES.items():
         if need(key) not in choices:
-            raise DartrtError(f"model {key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
+            raise DartrtError(f"{prefix}{key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
     for key in ("name", "order"):
         if not isinstance(need(key), str) or not cfg[key]:
-            raise DartrtError(f"model {key} must be a non-empty string, got {cfg[key]!r}")
+            raise DartrtError(f"{prefix}{key} must be a non-empty string, got {cfg[key]!r}")
     numbers = {"default_cfg": (0.0, None), "default_temperature": (0.0, None), "default_top_p": (0.0, 1.0)}
     for key, (low, high) in numbers.items():
         value = need(key)
@@ -97,7 +97,7 @@ def check_model_fields(cfg: dict) -> None:
             ok = ok and low < value <= high
         if not ok:
             rng = "in (0, 1]" if key == "default_top_p" else f"a finite number >= {low:g}"
-            raise DartrtError(f"model {key} must be {rng}, got {value!r}")
+            raise DartrtError(f"{prefix}{key} must be {rng}, got {value!r}")
 
 
 class Backend(Protocol):

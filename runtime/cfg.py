@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arguments import MAX_CFG, number
 from .errors import DartrtError
 
 SCHEDULES = ("constant", "linear", "power-cosine")
@@ -29,14 +30,9 @@ class CFGSchedule:
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
             raise DartrtError(f"unknown cfg schedule {self.kind!r}: use one of {', '.join(SCHEDULES)}")
-        for name in ("scale", "start", "power"):
-            value = getattr(self, name)
-            if not math.isfinite(value):
-                raise DartrtError(f"cfg {name} must be a finite number, got {value}")
-        if self.scale < 0 or self.start < 0:
-            raise DartrtError(f"cfg must be >= 0, got {min(self.scale, self.start)}")
-        if self.power <= 0:
-            raise DartrtError(f"cfg power must be > 0, got {self.power}")
+        number("cfg", self.scale, 0.0, MAX_CFG)
+        number("cfg start", self.start, 0.0, MAX_CFG)
+        number("cfg power", self.power, 0.0, 100.0, low_open=True)
 
     def weight(self, step: int, num_steps: int) -> float:
         """w for sampled token ``step`` in [0, num_steps); t/N runs from 0 to 1 inclusive, so the

@@ -7,12 +7,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .errors import DartrtError
 from .fileio import atomic_write
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Decoder output [B, 3, H, W] in about [-1, 1] → uint8 [B, H, W, 3]: clamp(127.5·x + 128)."""
-    return np.clip(127.5 * np.asarray(x, dtype=np.float32) + 128.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    """Decoder output [B, 3, H, W] in about [-1, 1] → uint8 [B, H, W, 3]: clamp(127.5·x + 128).
+
+    Non-finite pixels are an error, not a black image (numpy would cast NaN to 0 with a warning): every
+    backend's decoder output goes through here."""
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        row = int(np.argwhere(~np.isfinite(x))[0][0])
+        raise DartrtError(f"the decoder returned non-finite pixels for image {row} of its batch; its weights may "
+                          "hold NaN or inf (re-export, or check the checkpoint)")
+    return np.clip(127.5 * x + 128.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def save_png(image: Image.Image, path: str | Path) -> None:

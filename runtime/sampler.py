@@ -9,11 +9,11 @@ result does not depend on the batch size.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .arguments import MAX_TEMPERATURE, integer, number
 from .errors import DartrtError
 
 
@@ -26,12 +26,12 @@ class SamplingConfig:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise DartrtError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if isinstance(self.top_k, bool) or int(self.top_k) != self.top_k or self.top_k < 0:
-            raise DartrtError(f"top_k must be an integer >= 0, got {self.top_k}")
-        if not math.isfinite(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise DartrtError(f"top_p must be in (0, 1], got {self.top_p}")
+        number("temperature", self.temperature, 0.0, MAX_TEMPERATURE)
+        integer("top_k", self.top_k, 0)
+        try:
+            number("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        except DartrtError:
+            raise DartrtError(f"top_p must be in (0, 1], got {self.top_p!r}") from None
 
     @property
     def greedy(self) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arguments import MAX_CFG, class_id_list, integer, number
 from .backend import Backend
 from .cfg import CFGSchedule, combine, weight_table
 from .contract import StepTables, cfg_double, cfg_rows
@@ -61,40 +62,27 @@ class Request:
         return tuple(ImageRow(c, self.seed, i, self.cfg) for i, c in enumerate(self.class_ids))
 
 
-def check_class_ids(class_ids, num_classes: int) -> list[int]:
-    out = []
-    for c in class_ids:
-        if isinstance(c, bool) or int(c) != c:
-            raise DartrtError(f"class id {c!r} is not an integer")
-        if not 0 <= int(c) < num_classes:
-            raise DartrtError(f"class id {int(c)} is outside [0, {num_classes})")
-        out.append(int(c))
-    if not out:
-        raise DartrtError("no class ids given")
-    return out
-
-
 def build_request(backend: Backend, class_ids, *, n_per_class: int = 1, cfg: float | None = None,
                   cfg_schedule: str | None = None, cfg_start: float = 1.0, cfg_power: float = 1.0,
                   order=None, seed: int = 0, temperature: float | None = None, top_k: int | None = None,
                   top_p: float | None = None, batch_size: int = 8) -> Request:
     """Validate every user setting against the model, filling unset ones from its defaults."""
     info = backend.info
-    ids = check_class_ids(class_ids, info.num_classes)
-    if isinstance(n_per_class, bool) or int(n_per_class) != n_per_class or n_per_class < 1:
-        raise DartrtError(f"n_per_class must be an integer >= 1, got {n_per_class}")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise DartrtError(f"batch_size must be an integer >= 1, got {batch_size}")
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:  # numpy's seed sequences take no negatives
-        raise DartrtError(f"seed must be an integer >= 0, got {seed}")
+    ids = class_id_list(class_ids, info.num_classes)
+    n_per_class = integer("n_per_class", n_per_class, 1)
+    batch_size = integer("batch_size", batch_size, 1)
+    seed = integer("seed", seed, 0)  # numpy's seed sequences take no negatives
+    if cfg_schedule is not None and not isinstance(cfg_schedule, str):
+        raise DartrtError(f"cfg_schedule must be a schedule name, got {cfg_schedule!r}")
     schedule = CFGSchedule(
-        scale=info.default_cfg if cfg is None else float(cfg),
-        kind=cfg_schedule or info.default_cfg_schedule, start=float(cfg_start), power=float(cfg_power),
+        scale=info.default_cfg if cfg is None else number("cfg", cfg, 0.0, MAX_CFG),
+        kind=cfg_schedule or info.default_cfg_schedule, start=number("cfg start", cfg_start, 0.0, MAX_CFG),
+        power=number("cfg power", cfg_power, 0.0, 100.0, low_open=True),
     )
     sampling = SamplingConfig(
-        temperature=info.default_temperature if temperature is None else float(temperature),
+        temperature=info.default_temperature if temperature is None else number("temperature", temperature),
         top_k=info.default_top_k if top_k is None else top_k,
-        top_p=info.default_top_p if top_p is None else float(top_p),
+        top_p=info.default_top_p if top_p is None else number("top_p", top_p),
     )
     resolved = make_order(info.order if order is None else order, info.grid_size)
     per_image = tuple(c for c in ids for _ in range(int(n_per_class)))
@@ -145,6 +133,7 @@ def sample_tokens(backend: Backend, request: Request, on_step: StepCallback | No
             if t > 0:
                 prev = cfg_double(out[first:first + len(classes), t - 1:t], use_cfg)
                 logits = backend.step(prev, *tables.at(t), t)
+            check_finite_logits(logits, t, first, len(chunk))
             if use_cfg:
                 logits = combine(logits, weights[t])
             noise = None if request.sampling.greedy else gumbel_noise(rngs, logits.shape[-1])
@@ -153,6 +142,18 @@ def sample_tokens(backend: Backend, request: Request, on_step: StepCallback | No
             if on_step is not None:
                 on_step(done, total_steps)
     return out
+
+
+def check_finite_logits(logits: np.ndarray, step: int, first: int, images: int) -> None:
+    """NaN or inf logits never become an image: they come from broken weights (or an overflow), and argmax
+    over them quietly returns token 0. One check per step over the step's [rows, V] logits, in every
+    backend (they all run this loop): microseconds against a forward pass."""
+    if np.isfinite(logits).all():
+        return
+    row = int(np.argwhere(~np.isfinite(logits))[0][0])
+    image, half = first + row % images, "the null-class (CFG) row" if row >= images else "its row"
+    raise DartrtError(f"the model returned non-finite logits at step {step} for image {image} ({half}, batch row "
+                      f"{row}); its weights may hold NaN or inf (re-export, or check the checkpoint)")
 
 
 def tokens_to_grids(tokens: np.ndarray, request: Request, grid: int) -> np.ndarray:

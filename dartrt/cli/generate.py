@@ -94,6 +94,7 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
                             seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, batch_size=batch_size)
     for stale in earlier:
         stale.unlink(missing_ok=True)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     images = request.images
     bar = tqdm(total=len(images), unit="image", desc=f"generate ({engine.name})", file=sys.stderr,
@@ -117,7 +118,9 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
     except BaseException:
         bar.close()
         if written:
-            click.echo(f"\nkept {written} finished image(s) in {out_dir}", err=True)
+            click.echo(f"kept {written} finished image(s) in {out_dir}", err=True)
+        elif created:
+            out_dir.rmdir()  # ours and empty: a failed run leaves no folder behind
         raise
     bar.close()
     labels = [info.class_name(c) for c in request.class_ids[::n_per_class]]
