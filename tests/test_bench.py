@@ -490,3 +490,14 @@ def test_gpu_section_on_a_real_gpu(tiny_dar_package):
         bound = 0.0 if b["dtype"] == "float32" else 0.1  # bf16: cuBLAS may pick other kernels under capture
         assert b["max_abs_vs_eager"][graph] <= bound
         assert b["timings"]["device"][graph]["median_s"] > 0 and b["fits_in_l2"]  # tiny-dar is KBs
+
+
+def test_outside_share_never_prints_an_impossible_figure():
+    """Each share is a difference of medians: noise can push it below 0 or above 100 %."""
+    from dartrt.bench.report import outside_split
+
+    assert outside_split({"outside_graph_share": 0.3, "binding_share": 0.1, "sampling_share": 0.2}) == \
+        "30% (bind 10%, sample 20%)"
+    for bad in (-0.02, 1.3):
+        assert outside_split({"outside_graph_share": 0.3, "binding_share": bad, "sampling_share": 0.2}) == \
+            "too noisy to split"

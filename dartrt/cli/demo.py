@@ -13,7 +13,8 @@ from .common import backend_option, one_line_errors, open_backend, threads_optio
 
 
 @click.command("train-demo")
-@click.option("-o", "--out", type=click.Path(file_okay=False), default="models/demo", show_default=True)
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="models/demo", show_default=True,
+              help="Folder for the trained model (config, weights, VQ, classifier, train_log.json, metrics.json).")
 @click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny step counts; not a usable model).")
 @click.option("--eval/--no-eval", "run_eval", default=True, show_default=True,
               help="Measure image quality afterwards and write metrics.json.")
