@@ -30,6 +30,7 @@ from pathlib import Path
 
 import onnx
 
+from dartrt.runtime.contract import MODULATION, cache_names
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
 
@@ -169,10 +170,10 @@ class Roofline:
         decode = manifest.graph("decode")
         inputs = {io["name"]: io for io in decode.inputs}
         # The cache dtype is the decode graph's (a prepared FP16 graph keeps an fp16 cache), else the package's.
-        kv_dtype = str((inputs.get("past_key_values.0.key") or {}).get("dtype") or kv.get("dtype", "float32"))
+        kv_dtype = str((inputs.get(cache_names(1)[0]) or {}).get("dtype") or kv.get("dtype", "float32"))
         if kv_dtype not in DTYPE_ITEMSIZE:
             raise DartrtError(f"{manifest.root}: unknown kv_cache dtype {kv_dtype!r}")
-        mod = inputs.get("adaln_modulation")
+        mod = inputs.get(MODULATION)
         mod_width = int(manifest.adaln_width or (mod["shape"][-1] if mod else 0))
         mod_itemsize = DTYPE_ITEMSIZE.get(str(mod.get("dtype", "float32")), 4) if mod else 0
         return cls(graph_reads(manifest.graph("prefill").path), graph_reads(decode.path), n_layer, heads,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from dartrt.runtime.contract import LOGITS
+
 GEMM_OPS = ("MatMul", "Gemm")
 # Ops whose numerics the recipe keeps in high precision: RoPE, the attention core (QK^T, softmax, PV
 # inside ONNX Attention), the norms if a later pass fuses them, and the elementwise math around them.
@@ -88,7 +90,7 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
     if named:
         return named
     producers = {o: n for n in model.graph.node for o in n.output}
-    node = producers.get("logits")
+    node = producers.get(LOGITS)
     # Walk back through casts/reshapes to the GEMM (an fp16 graph ends in Cast).
     while node is not None and node.op_type not in GEMM_OPS and node.input:
         node = producers.get(node.input[0])

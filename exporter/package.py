@@ -20,11 +20,17 @@ from dartrt.graphs.onnxfile import EXTERNAL_DATA_BYTES
 from dartrt.runtime.contract import (
     BATCH_DIM,
     DECODE,
+    DIRECTION,
+    IMAGE,
+    INPUT_IDS,
     OPSET,
+    POSITIONS,
     PREFILL,
     SEQ_DIM,
     STEP_INPUTS,
+    TOKEN_GRID,
     VQ_DECODER,
+    WRITE_INDEX,
     StepTables,
     graph_io,
 )
@@ -106,7 +112,7 @@ def export_decoder_graphs(model, folder: Path, opset: int = OPSET, check: bool =
     out[PREFILL] = export_graph(
         PrefillGraph(model), _step_args(model, 4, 1, 0, 0, prefill=True), folder / "prefill.onnx",
         list(io.inputs), list(io.outputs),
-        dims(PREFILL, {"input_ids": {0: batch}, "positions": None, "direction": None, "write_index": {0: batch}}),
+        dims(PREFILL, {INPUT_IDS: {0: batch}, POSITIONS: None, DIRECTION: None, WRITE_INDEX: {0: batch}}),
         opset, external, checks, tolerance)
 
     io = graph_io(DECODE, cfg.n_layer, cfg.adaln)
@@ -115,8 +121,8 @@ def export_decoder_graphs(model, folder: Path, opset: int = OPSET, check: bool =
     out[DECODE] = export_graph(
         DecodeGraph(model), _step_args(model, 4, 3, 5, 1, prefill=False), folder / "decode.onnx",
         list(io.inputs), list(io.outputs),
-        dims(DECODE, {"input_ids": {0: batch, 1: seq}, "positions": {0: seq}, "direction": {0: seq},
-                      "write_index": {0: batch}}),
+        dims(DECODE, {INPUT_IDS: {0: batch, 1: seq}, POSITIONS: {0: seq}, DIRECTION: {0: seq},
+                      WRITE_INDEX: {0: batch}}),
         opset, external, checks, tolerance)
     return out
 
@@ -179,6 +185,6 @@ def export_vq(ckpt: Checkpoint, folder: Path, opset: int, check: bool = True,
     example = torch.randint(0, n_codes, (2, g, g), generator=gen)
     checks = [(torch.randint(0, n_codes, (b, g, g), generator=gen),) for b in (1, 3)] if check else []
     # Image outputs are ~[-1, 1] after ~20 conv layers; fp32 reassociation gives ~1e-5 differences.
-    return export_graph(VQDecoderGraph(vq), (example,), folder / "vq_decoder.onnx", ["token_grid"], ["image"],
+    return export_graph(VQDecoderGraph(vq), (example,), folder / "vq_decoder.onnx", [TOKEN_GRID], [IMAGE],
                         ({0: batch},), opset, _weight_bytes(vq) > EXTERNAL_DATA_BYTES, checks, tolerance)
 

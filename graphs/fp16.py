@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from dartrt.runtime.contract import LOGITS, PAST, PRESENT
 from dartrt.runtime.errors import DartrtError
 
 from .check import ONNX_DTYPES, check_graph, load_inferred
@@ -46,7 +47,7 @@ from .onnxfile import save_model
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 NORM_OPS = ("RMSNormalization", "LayerNormalization")
 SHAPE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Slice", "Gather", "Add"}
-KV_PREFIXES = ("past_key_values.", "present.")
+KV_PREFIXES = (f"{PAST}.", f"{PRESENT}.")
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def rope_table_nodes(model: onnx.ModelProto) -> list[str]:
     return found
 
 
-def logits_head_nodes(model: onnx.ModelProto, output: str = "logits") -> list[str]:
+def logits_head_nodes(model: onnx.ModelProto, output: str = LOGITS) -> list[str]:
     """The final MatMul/Gemm that produces ``output`` and the shape/bias tail after it."""
     g = _Graph(model)
     if output not in {o.name for o in model.graph.output}:

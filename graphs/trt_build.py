@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dartrt.runtime.contract import PAST
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.fileio import atomic_write_bytes, sha256_file
 from dartrt.runtime.manifest import Manifest
@@ -144,7 +145,7 @@ def _calibrated_entry(manifest: Manifest, graph: str, variant: str) -> dict:
     path = pkg / files[graph]
     check_graph(path)
     inputs, outputs = io_specs(path)
-    kv = [io["dtype"] for io in inputs if io["name"].startswith("past_key_values.")]
+    kv = [io["dtype"] for io in inputs if io["name"].startswith(f"{PAST}.")]
     return {"file": files[graph], "inputs": inputs, "outputs": outputs, "kv_cache_dtype": kv[0] if kv else None,
             "trt_support": summarize(report(path))}
 

@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from dartrt.runtime.contract import is_cache
 from dartrt.runtime.errors import DartrtError
 
 from .check import infer
@@ -265,7 +266,7 @@ def _verified(op_type: str) -> str:
 
 
 def _is_step_graph(model: onnx.ModelProto) -> bool:
-    return any(i.name.startswith("past_key_values.") for i in model.graph.input)
+    return any(is_cache(i.name) for i in model.graph.input)
 
 
 def report_model(model: onnx.ModelProto, *, trt: str = DEFAULT_TRT, step_graph: bool | None = None,
