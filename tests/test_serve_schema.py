@@ -38,10 +38,10 @@ def refuse(raw: bytes, max_images: int = 8) -> tuple[int, str]:
     (b'{"class_ids": [true]}', 400, "class id true is not an integer"),
     (b'{"class_ids": [10]}', 400, "class id 10 is outside [0, 10)"),
     (b'{"class_ids": [-1]}', 400, "class id -1 is outside [0, 10)"),
-    (b'{"class_ids": [1], "cfg": NaN}', 400, "cfg scale must be a finite number, got nan"),
-    (b'{"class_ids": [1], "cfg": Infinity}', 400, "cfg scale must be a finite number"),
+    (b'{"class_ids": [1], "cfg": NaN}', 400, "cfg must be a finite number"),
+    (b'{"class_ids": [1], "cfg": Infinity}', 400, "cfg must be a finite number"),
     (b'{"class_ids": [1], "cfg": "2"}', 400, "cfg must be a number or null"),
-    (b'{"class_ids": [1], "cfg": -1}', 400, "cfg must be >= 0"),
+    (b'{"class_ids": [1], "cfg": -1}', 400, "cfg must be a finite number >= 0"),
     (b'{"class_ids": [1], "cfg_schedule": "cosine"}', 400, "unknown cfg schedule 'cosine'"),
     (b'{"class_ids": [1], "order": "spiral"}', 400, "unknown order 'spiral'"),
     (b'{"class_ids": [1], "order": [0, 1, 2]}', 400, "order has 3 cells"),
@@ -59,6 +59,20 @@ def test_bad_bodies_get_one_line_and_their_status(raw, status, words):
     got_status, message = refuse(raw)
     assert got_status == status
     assert words in message
+
+
+@pytest.mark.parametrize("raw, kwargs", [
+    (b'{"class_ids": [1], "cfg": NaN}', {"cfg": float("nan")}),
+    (b'{"class_ids": [10]}', {}),
+    (b'{"class_ids": [1], "top_p": 0}', {"top_p": 0.0}),
+    (b'{"class_ids": [1], "temperature": 1e9}', {"temperature": 1e9}),
+])
+def test_runtime_checks_reach_the_client_in_the_runtimes_own_words(raw, kwargs):
+    """What build_request refuses, the service refuses with the very same line."""
+    body = json.loads(raw.replace(b"NaN", b"0"))
+    with pytest.raises(DartrtError) as want:
+        build_request(FakeBackend(), body["class_ids"], **kwargs)
+    assert refuse(raw) == (400, str(want.value))
 
 
 def test_an_oversize_body_is_413():

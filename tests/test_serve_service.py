@@ -301,7 +301,7 @@ def test_bad_requests_get_their_4xx_and_one_line(served):
         message = json.loads(record["text"])["error"]
         assert message and "\n" not in message and "Traceback" not in message
     texts = " | ".join(json.loads(r["text"])["error"] for r, _ in bad)
-    for words in ("class id 99 is outside", "not valid JSON", "cfg scale must be a finite number",
+    for words in ("class id 99 is outside", "not valid JSON", "cfg must be a finite number",
                   "no precision 'int8'", "asks for 20 images", "seed must be an integer"):
         assert words in texts
 

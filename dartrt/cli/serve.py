@@ -31,13 +31,14 @@ def service_options(fn):
                      help="Requests queued for the generators (per ingress replica) when every replica is full; "
                           "past that the service answers 503."),
         click.option("--precision", default=None, help="fp32 (default), fp16 or a calibration variant of the package."),
-        click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True),
+        click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+                     help="As for `dartrt generate`; onnxruntime-cuda and tensorrt take one GPU per replica."),
         click.option("--threads", type=int, default=None,
                      help="onnxruntime threads per replica (CPU). Default: the cluster's CPUs / replicas."),
         click.option("--gpus-per-replica", "num_gpus", type=float, default=None,
                      help="GPUs each replica reserves. Default: 1 for onnxruntime-cuda/tensorrt (and auto on a "
                           "cluster with GPUs and onnxruntime-gpu), else 0."),
-        click.option("--port", type=int, default=8000, show_default=True),
+        click.option("--port", type=int, default=8000, show_default=True, help="Port of Serve's HTTP proxy."),
         click.option("--address", default=None,
                      help="Ray cluster: unset or 'local' starts a private local instance; 'auto' joins the running "
                           "cluster (`ray start --head`); ray://HOST:10001 a remote one (the package path must exist "
