@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[cpu,export,quant,dev]'
+	$(PY) -m pip install -q -e '.[cpu,export,quant,dev,serve]'
 	touch $(STAMP)
 
 # Export the bundled model once (re-exported only when its weights change), then generate with ORT.
