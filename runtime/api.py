@@ -24,7 +24,7 @@ def generate(package, class_ids, *, n_per_class: int = 1, cfg: float | None = No
              cfg_schedule: str | None = None, order=None, seed: int = 0, temperature: float | None = None,
              top_k: int | None = None, top_p: float | None = None, batch_size: int = 8,
              backend: str = "auto", precision: str | None = None, on_step: StepCallback | None = None,
-             return_grids: bool = False):
+             return_grids: bool = False, on_preview=None):
     """Generate ``n_per_class`` images for each class id; unset settings take the model's defaults.
 
     ``package``: a package folder (str/PathLike) or an already opened Backend. Returns the list of PIL
@@ -34,6 +34,10 @@ def generate(package, class_ids, *, n_per_class: int = 1, cfg: float | None = No
     ``precision`` picks the graphs a package path runs (None: fp32; "fp16"; a calibration variant such as
     "int8-dynamic"; see `dartrt.runtime.precisions`). An opened Backend already has its precision, so a different
     one is refused rather than silently ignored.
+
+    A D-AR package (docs/d-ar.md) decodes its tokens by diffusion, streamed: ``on_preview(group, images)`` is
+    called with the previews after each group of tokens (`dartrt.runtime.d_ar` has the full API: previews,
+    noise, a token prefix, raw float output; ``grids`` are its 1D tokens laid out row-major).
     """
     callback("on_step", on_step)
     if _is_backend(package):
@@ -48,5 +52,6 @@ def generate(package, class_ids, *, n_per_class: int = 1, cfg: float | None = No
         raise DartrtError(f"package must be a package folder or a Backend, got {type(package).__name__}")
     result = generate_with_backend(
         engine, class_ids, n_per_class=n_per_class, cfg=cfg, cfg_schedule=cfg_schedule, order=order, seed=seed,
-        temperature=temperature, top_k=top_k, top_p=top_p, batch_size=batch_size, on_step=on_step)
+        temperature=temperature, top_k=top_k, top_p=top_p, batch_size=batch_size, on_step=on_step,
+        on_preview=on_preview)
     return (result.images, result.grids) if return_grids else result.images

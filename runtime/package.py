@@ -38,6 +38,11 @@ def open_package_backend(pkg_dir: str | Path, backend: str = "auto", *, precisio
         hint = "; the torch backend needs a checkpoint or preset, not a package" if backend == "torch" else ""
         raise DartrtError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}{hint}")
     package = Manifest.load(pkg_dir, verify_hashes)
+    if package.data.get("family") == "d-ar":  # the GPT plus the tokenizer's graphs, no VQ (runtime.d_ar)
+        from .d_ar import open_d_ar_package
+
+        return open_d_ar_package(pkg_dir, backend, precision=precision, manifest=package,
+                                 **({"graph_files": graph_files} if graph_files else {}), **options)
     if backend == "tensorrt":
         if graph_files:
             raise DartrtError("graph_files overrides are for the onnxruntime backends; TensorRT runs built engines")
