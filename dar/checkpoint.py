@@ -80,8 +80,8 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
     if meta.get("version") != VERSION:
         raise DartrtError(f"{cfg_path}: checkpoint version {meta.get('version')} is not supported (want {VERSION})")
     if meta.get("family") == "d-ar":
-        raise DartrtError(f"{folder} is a D-AR checkpoint (GPT + diffusion tokenizer), which export and generate do "
-                          "not run yet; load it with dartrt.dar.d_ar.load_d_ar_checkpoint")
+        raise DartrtError(f"{folder} is a D-AR checkpoint (GPT + diffusion tokenizer), not a DAR/LlamaGen one; load "
+                          "it with dartrt.dar.d_ar.load_d_ar_checkpoint (dartrt export and generate take the folder)")
     try:
         cfg = ModelConfig.from_dict(meta["model"])
         vq_cfg = VQConfig.from_dict(meta["vq"])

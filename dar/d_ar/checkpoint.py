@@ -26,7 +26,7 @@ from ..config import ModelConfig
 from ..importers import load_checked
 from ..model import Transformer, build_model
 from ..rope import rope_tables
-from .config import TokenizerConfig
+from .config import TokenizerConfig, get_tokenizer_preset
 from .importer import import_gpt, import_tokenizer
 from .tokenizer import DARTokenizer, build_tokenizer
 
@@ -49,6 +49,29 @@ class DARCheckpoint:
     @property
     def image_size(self) -> int:
         return self.tokenizer.cfg.image_size
+
+    @property
+    def family(self) -> str:
+        """``"d-ar"``: what export and the CLI dispatch on (a DAR `Checkpoint` has no family attribute)."""
+        return FAMILY
+
+    def check(self) -> DARCheckpoint:
+        check_pair(self.model.cfg, self.tokenizer.cfg, self.source)
+        return self
+
+
+def check_pair(gpt: ModelConfig, tok: TokenizerConfig, where: str = "checkpoint") -> None:
+    """The GPT must speak the tokenizer's language: its vocabulary is the codebook, its sequence the tokens,
+    and it must be D-AR's 1D member (index positions, raster order). One line naming what differs."""
+    if gpt.vocab_size != tok.codebook_size:
+        raise DartrtError(f"{where}: the tokenizer's codebook has {tok.codebook_size} entries but the GPT's "
+                          f"vocabulary has {gpt.vocab_size}: they are not a pair")
+    if gpt.seq_len != tok.num_tokens:
+        raise DartrtError(f"{where}: the GPT generates {gpt.seq_len} tokens but the tokenizer decodes "
+                          f"{tok.num_tokens}: they are not a pair")
+    if gpt.rope != "1d" or gpt.order != "raster" or gpt.adaln:
+        raise DartrtError(f"{where}: D-AR's GPT has 1D RoPE, raster order and no AdaLN; this one has rope "
+                          f"{gpt.rope!r}, order {gpt.order!r}, adaln {gpt.adaln}")
 
 
 def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -87,9 +110,54 @@ def load_d_ar_checkpoint(folder: str | Path) -> DARCheckpoint:
     model = build_model(cfg, "meta")
     load_checked(model, read_tensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
     model.rope_cos, model.rope_sin = rope_tables(cfg)
+    check_pair(cfg, tok_cfg, str(cfg_path))
     tokenizer = build_tokenizer(tok_cfg, "meta")
     load_checked(tokenizer, read_tensors(folder / "tokenizer.safetensors"), str(folder / "tokenizer.safetensors"))
     return DARCheckpoint(model.eval(), tokenizer.eval(), str(folder))
+
+
+def is_d_ar_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a dartrt checkpoint config of the D-AR family (its files are not checked)."""
+    try:
+        meta = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, Mapping) and meta.get("format") == FORMAT and meta.get("family") == FAMILY
+
+
+# D-AR pairs with random weights, for tests and graph work: GPT config and tokenizer preset.
+D_AR_PRESETS: dict[str, tuple[ModelConfig, str]] = {
+    # 16 tokens in 4 groups (a 4x4 "grid" for the 1D GPT), codebook 64, 32 px images.
+    "tiny-d-ar": (ModelConfig(name="tiny-d-ar", family=FAMILY, n_layer=2, d_model=64, n_head=4, vocab_size=64,
+                              num_classes=10, grid_size=4, rope="1d", token_embedding="learned", adaln=False,
+                              order="raster", default_cfg=2.0, default_cfg_schedule="linear"), "tiny"),
+}
+
+
+def d_ar_preset_source(name: str) -> str:
+    """How a D-AR preset with random weights is recorded as a package's source (the DAR presets' form)."""
+    return f"preset {name} (random weights)"
+
+
+def random_d_ar_checkpoint(name: str, seed: int = 0) -> DARCheckpoint:
+    """A D-AR preset pair with random weights: the GPT with seed ``seed``, the tokenizer with ``seed + 1``."""
+    if name not in D_AR_PRESETS:
+        raise DartrtError(f"unknown D-AR preset {name!r}: choose from {', '.join(D_AR_PRESETS)}")
+    gpt_cfg, tok_preset = D_AR_PRESETS[name]
+    model = build_model(ModelConfig.from_dict(gpt_cfg.to_dict()), seed=seed)
+    tokenizer = build_tokenizer(get_tokenizer_preset(tok_preset), seed=seed + 1)
+    return DARCheckpoint(model, tokenizer, d_ar_preset_source(name)).check()
+
+
+def resolve_d_ar_source(source: str | None) -> DARCheckpoint | None:
+    """SOURCE of the CLI if it is D-AR (a D-AR checkpoint folder or a D-AR preset name), else None."""
+    if source is None:
+        return None
+    if Path(source).is_dir() and is_d_ar_checkpoint(source):
+        return load_d_ar_checkpoint(source)
+    if source in D_AR_PRESETS and not Path(source).exists():
+        return random_d_ar_checkpoint(source)
+    return None
 
 
 def convert_d_ar(tokenizer_source: str | os.PathLike[str] | Mapping[str, Any],
@@ -99,6 +167,7 @@ def convert_d_ar(tokenizer_source: str | os.PathLike[str] | Mapping[str, Any],
     (nothing is written if ``out`` is None). Returns what was converted, with notes on the GPT's shape."""
     tokenizer = import_tokenizer(tokenizer_source)
     model, notes = import_gpt(gpt_source, preset, tokenizer.cfg, weights=gpt_weights)
+    check_pair(model.cfg, tokenizer.cfg, str(gpt_source) if not isinstance(gpt_source, Mapping) else "GPT")
     if out is not None:
         save_d_ar_checkpoint(out, model, tokenizer)
     return DARCheckpoint(model, tokenizer, f"{tokenizer_source} + {gpt_source}", notes)

@@ -16,6 +16,10 @@ from typing import Any
 
 from dartrt.runtime.errors import DartrtError
 
+PREDICTIONS = ("velocity", "data")
+# 1 − s is clamped here when a data prediction is turned into a velocity (s → 1 would divide by zero).
+MIN_ONE_MINUS_S = 0.05
+
 
 @dataclass
 class TokenizerConfig:
@@ -47,6 +51,12 @@ class TokenizerConfig:
     data_std: float = 0.6
     time_shift: float = 2.0
     image_size: int = 256
+    # What the network's last layer predicts: "velocity" (the public model: v directly) or "data" (ours, for
+    # narrow demo widths: the clean image x̂, turned into v = (x̂ − x) / (1 − s) inside the forward, so the
+    # graph still returns the velocity). A network narrower than a patch (dim < 3·p²) cannot carry the noise a
+    # velocity contains through its patch embedding; predicting the image avoids that (Li & He, "Back to
+    # Basics: Let Denoising Generative Models Denoise", 2025). The demo's 128 < 192 measured it: see docs/d-ar.md.
+    prediction: str = "velocity"
 
     def __post_init__(self) -> None:
         if self.tokens_per_step == 0:
@@ -73,6 +83,9 @@ class TokenizerConfig:
         if self.image_size % self.patch_size:
             raise DartrtError(f"tokenizer config: image size {self.image_size} is not a multiple of the patch "
                               f"size {self.patch_size}")
+        if self.prediction not in PREDICTIONS:
+            raise DartrtError(f"tokenizer config: prediction must be one of {', '.join(PREDICTIONS)}, "
+                              f"got {self.prediction!r}")
         for name in ("data_std", "time_shift", "rope_base"):
             value = float(getattr(self, name))
             if not (math.isfinite(value) and value > 0):
@@ -106,6 +119,12 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     # 32 px images = 16 image tokens). Every module the public code builds is present.
     "tiny": TokenizerConfig(name="tiny", codebook_size=64, codebook_dim=4, num_tokens=16, num_groups=4,
                             denoising_steps=4, cond_dim=128, cond_layers=2, dim=128, depth=2, image_size=32),
+    # The trained D-AR demo (models/demo-dar, docs/d-ar.md): 64×64 shapes, 64 tokens in 8 groups of 8 (the
+    # public 8 groups × 8 steps at a quarter of the tokens), codebook 512 × 8, widths of 128 (two heads of 64),
+    # patch 8 (64 image tokens), data_std 0.6 (the shapes' pixel std is 0.62).
+    "demo": TokenizerConfig(name="demo", codebook_size=512, codebook_dim=8, num_tokens=64, num_groups=8,
+                            denoising_steps=8, cond_dim=128, cond_layers=2, max_tokens=64, dim=128, depth=4,
+                            patch_size=8, image_size=64, data_std=0.6, time_shift=1.0),
 }
 
 

@@ -77,14 +77,25 @@ def plain_layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=LN_EPS, elementwise_affine=False, bias=False)
 
 
-@functools.lru_cache(maxsize=16)
 def grid_rope(rows: int, cols: int, head_dim: int, base: float) -> Rope:
     """cos, sin [rows·cols, Dh/2] for row-major image tokens: the first Dh/4 rotary pairs turn with the row,
     the last Dh/4 with the column (Flux's two-axis RoPE as D-AR uses it, axes of 32 dims at Dh = 64).
 
     Each axis of a dims has ω_k = 1 / base^(2k/a), k < a/2, computed in float64 as the public code does,
-    so the float32 tables match it bit for bit. Cached: the image size is fixed per model.
+    so the float32 tables match it bit for bit. Cached in eager mode (the image size is fixed per model);
+    never while tracing (export, compile), whose fake tensors must not land in the cache.
     """
+    if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return _grid_rope(rows, cols, head_dim, base)
+    return _cached_grid_rope(rows, cols, head_dim, base)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_grid_rope(rows: int, cols: int, head_dim: int, base: float) -> Rope:
+    return _grid_rope(rows, cols, head_dim, base)
+
+
+def _grid_rope(rows: int, cols: int, head_dim: int, base: float) -> Rope:
     axis = head_dim // 2
     omega = 1.0 / (base ** (torch.arange(0, axis, 2, dtype=torch.float64) / axis))
     r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),

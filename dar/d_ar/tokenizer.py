@@ -47,13 +47,22 @@ class DARTokenizer(nn.Module):
     # ---- conditions ----------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """ids [B, S] at positions [S] or [B, S] → the first block's input [B, S, cond_dim]."""
-        vec = self.quantize(ids).transpose(1, 2).unsqueeze(2)  # [B, C, 1, S], the public layout
+        return self.embed_vectors(self.quantize(ids), positions)
+
+    def embed_vectors(self, vectors: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Code vectors [B, S, codebook_dim] (L2-normalised) → the first block's input. Training feeds the
+        encoder's straight-through vectors here; decoding feeds the codebook rows of the ids."""
+        vec = vectors.transpose(1, 2).unsqueeze(2)  # [B, C, 1, S], the public layout
         tokens = self.quant_out_conv(vec.to(self.quant_out_conv.weight.dtype)).squeeze(2).transpose(1, 2)
         return tokens + self.decoder_embedding(positions)
 
     def conditions(self, ids: torch.Tensor) -> torch.Tensor:
         """The whole causal pass: ids [B, n] (n ≤ num_tokens, a prefix is fine) → conditions [B, n, cond_dim]."""
-        h = self.embed(ids, torch.arange(ids.shape[1], device=ids.device))
+        return self.conditions_of_vectors(self.quantize(ids))
+
+    def conditions_of_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """The whole causal pass from code vectors [B, n, codebook_dim] (see `embed_vectors`)."""
+        h = self.embed_vectors(vectors, torch.arange(vectors.shape[1], device=vectors.device))
         for layer in self.decoder_layers:
             h, _ = layer(h)
         return self.norm(h)

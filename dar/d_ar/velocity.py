@@ -7,7 +7,7 @@
             (shift1, scale1, gate1, shift2, scale2, gate2) = Linear(SiLU(t + sc))   per token
             x += gate1 · SelfAttn(LN(x)(1 + scale1) + shift1)   (2D RoPE on q and k)
             x += gate2 · MLP(LN(x)(1 + scale2) + shift2)
-    out     = pixel_shuffle(conv_out(LN(x)), p)
+    out     = pixel_shuffle(conv_out(LN(x)), p)   (prediction "data": the image x̂; v = (x̂ − x) / (1 − s))
 
 Every LN here has no affine. The forward takes tensors only (x, s, cond), so that it exports as one graph;
 the sampler around it runs on the host. ``repa_out`` (a training-time alignment head) is not built.
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import TokenizerConfig
+from .config import MIN_ONE_MINUS_S, TokenizerConfig
 from .layers import Mlp, QKNormAttention, Rope, grid_rope, plain_layer_norm
 
 
@@ -101,7 +101,10 @@ class VelocityNet(nn.Module):
         for block in self.blocks:
             h = block(h, c, s, rope)
         h = self.norm(h).transpose(1, 2).reshape(b, cfg.dim, rows, cols)
-        return F.pixel_shuffle(self.conv_out(h), cfg.patch_size)
+        out = F.pixel_shuffle(self.conv_out(h), cfg.patch_size)
+        if cfg.prediction == "data":  # x̂ (data_std-scaled) → v = (x̂ − x) / (1 − s) (config.prediction)
+            return (out - x) / (1 - s.to(out.dtype)).clamp(min=MIN_ONE_MINUS_S).reshape(b, 1, 1, 1)
+        return out
 
 
 class DiffusionDecoder(nn.Module):

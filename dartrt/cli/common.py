@@ -203,4 +203,10 @@ def open_backend(source: str | None, backend: str, dtype: str | None = None, pre
     if threads is not None:
         torch.set_num_threads(threads)
     torch_dtype = {None: torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    from dartrt.dar.d_ar.checkpoint import resolve_d_ar_source  # a D-AR pair: its reference decodes by diffusion
+
+    if (d_ar := resolve_d_ar_source(source)) is not None:
+        from dartrt.dar.d_ar.torch_backend import torch_d_ar_backend
+
+        return torch_d_ar_backend(d_ar, dtype=torch_dtype)
     return TorchBackend(resolve_source(source), dtype=torch_dtype)

@@ -75,7 +75,9 @@ def export_cmd(source, out, opset, force, atol, rtol):
 
     folder = BUNDLED if source is None else Path(source)
     check_target(Path(out), force, folder if folder.is_dir() else None)  # before the checkpoint is loaded
-    ckpt = resolve_source(source)
+    from dartrt.dar.d_ar.checkpoint import resolve_d_ar_source
+
+    ckpt = resolve_d_ar_source(source) or resolve_source(source)  # a D-AR pair adds its tokenizer's graphs
     click.echo(f"exporting {ckpt.source} → {out}")
     tolerance = Tolerance(atol, rtol)
     image = Tolerance(max(FP32_IMAGE.atol, atol), max(FP32_IMAGE.rtol, rtol))
