@@ -280,6 +280,13 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
     threads = int(threads or usable_cpus())
     started, t0, load_before = _dt.datetime.now(_dt.timezone.utc), time.perf_counter(), os.getloadavg()
     manifest = Manifest.load(pkg_dir)
+    if manifest.data.get("family") == "d-ar":  # AR part and decoder part, each on its own roofline (bench.d_ar)
+        from .d_ar import run_d_ar_bench
+
+        if precisions or gpu_only:
+            raise DartrtError("--precision and the GPU section are not implemented for D-AR packages yet")
+        return run_d_ar_bench(pkg_dir, sizes, repeats, cfg, warmup=warmup, threads=threads, device=device,
+                              json_path=json_path, bandwidth_bytes=bandwidth_bytes, echo=echo, log=log)
     info = manifest.info
     roofline = Roofline.from_manifest(manifest)
     if info.seq_len < 3:

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from dartrt.runtime.contract import ALL_GRAPHS, DECODER_GRAPHS
+from dartrt.runtime.contract import (
+    ALL_GRAPHS,
+    CONDITIONS,
+    D_AR_DECODER_GRAPHS,
+    D_AR_FAMILY,
+    D_AR_GRAPHS,
+    DECODER_GRAPHS,
+    VELOCITY,
+)
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.fileio import sha256_file
 from dartrt.runtime.manifest import Manifest
@@ -61,9 +69,19 @@ class PrepareReport:
         return sum(g.entry["trt_support"]["unsupported"] for g in self.graphs.values())
 
 
+# Graphs that get an FP16 form: the AR pair, and D-AR's tokenizer graphs (the velocity network is the
+# compute-bound part of a D-AR image). The VQ decoder stays fp32 (module doc).
+FP16_GRAPHS = (*DECODER_GRAPHS, *D_AR_DECODER_GRAPHS)
+
+
 def prepared_key(graph: str, precision: str) -> str:
     """Manifest key (and file stem) of a prepared graph: vq_decoder is always fp32."""
-    return f"{graph}.{'fp32' if graph not in DECODER_GRAPHS else precision}"
+    return f"{graph}.{'fp32' if graph not in FP16_GRAPHS else precision}"
+
+
+def package_graphs(manifest: Manifest) -> tuple[str, ...]:
+    """The graphs a package has by its family: a D-AR package's AR pair and tokenizer graphs, else ALL_GRAPHS."""
+    return D_AR_GRAPHS if manifest.data.get("family") == D_AR_FAMILY else ALL_GRAPHS
 
 
 def _feeds(manifest: Manifest, graphs: tuple[str, ...]) -> dict[str, list[Feed]]:
@@ -75,6 +93,10 @@ def _feeds(manifest: Manifest, graphs: tuple[str, ...]) -> dict[str, list[Feed]]
     if "vq_decoder" in graphs:
         specs = graph_inputs(manifest.graph("vq_decoder").path)
         feeds["vq_decoder"] = [random_feed(manifest, "vq_decoder", specs, rows=r, seed=r) for r in (1, 2)]
+    if any(g in D_AR_DECODER_GRAPHS for g in graphs):
+        from .d_ar_feeds import tokenizer_trace
+
+        feeds.update(tokenizer_trace(manifest, rows=2))
     return feeds
 
 
@@ -120,8 +142,11 @@ def prepare_package(pkg: Path, precision: str, *, graphs: tuple[str, ...], trt: 
                 entry["fp16"] = converted.to_dict()
                 drift = compare_graphs(source, target, feeds[name])
                 entry["fp16"]["drift_vs_fp32"] = drift.to_dict()
-                log(f"  {name}: fp16 logits max-abs {drift.max_abs.get('logits', 0):.3g}, KL {drift.logits_kl:.3g}, "
-                    f"top-1 agreement {drift.top1_agreement:.4f} on {drift.feeds} real step inputs")
+                if "logits" in drift.max_abs:
+                    log(f"  {name}: fp16 logits max-abs {drift.max_abs['logits']:.3g}, KL {drift.logits_kl:.3g}, "
+                        f"top-1 agreement {drift.top1_agreement:.4f} on {drift.feeds} real step inputs")
+                else:  # D-AR's tokenizer graphs: no logits, the worst output is what drifts
+                    log(f"  {name}: fp16 max-abs {drift.worst:.3g} on {drift.feeds} real inputs")
             check_graph(target)
             inputs, outputs = io_specs(target)
             kv = [io["dtype"] for io in inputs if io["name"].startswith("past_key_values.")]
@@ -140,6 +165,14 @@ def prepare_package(pkg: Path, precision: str, *, graphs: tuple[str, ...], trt: 
             result.graphs[prepared_key("decode", "fp16")].entry["fp16"]["sequence_check"] = seq
             log(f"  fp16 greedy tokens identical to fp32: {seq['tokens_identical']:.4f} "
                 f"({seq['rows']} rows × {seq['steps']} steps)")
+        if precision == "fp16" and all(g in graphs for g in D_AR_DECODER_GRAPHS):
+            from .d_ar_feeds import image_check
+
+            files = {g: result.graphs[prepared_key(g, "fp16")].path for g in D_AR_DECODER_GRAPHS}
+            check = image_check(manifest, files[CONDITIONS], files[VELOCITY])
+            result.graphs[prepared_key(VELOCITY, "fp16")].entry["fp16"]["image_check"] = check
+            log(f"  fp16 tokenizer graphs: decoded images {check['psnr_db']:.1f} dB PSNR against fp32 "
+                f"({check['images']} images, max-abs {check['max_abs']:.3g})")
         manifest = Manifest.load(pkg)  # its files as they are now (unchanged ones are not hashed again)
         prepared = {**(manifest.data.get("prepared") or {}), **{key: g.entry for key, g in result.graphs.items()}}
         manifest.write({**manifest.data, "prepared": prepared})
@@ -150,7 +183,7 @@ def prepare_package(pkg: Path, precision: str, *, graphs: tuple[str, ...], trt: 
 
 
 def prepare(pkg_dir: str | Path, precision: str = "fp32", out: str | Path | None = None, *,
-            graphs: tuple[str, ...] = ALL_GRAPHS, trt: str = DEFAULT_TRT, policy: Fp16Policy | None = None,
+            graphs: tuple[str, ...] | None = None, trt: str = DEFAULT_TRT, policy: Fp16Policy | None = None,
             log=print) -> PrepareReport:
     """check → simplify → (fp16) → op-support report for ``graphs`` of the package at ``pkg_dir``.
 
@@ -160,12 +193,13 @@ def prepare(pkg_dir: str | Path, precision: str = "fp32", out: str | Path | None
     if precision not in PRECISIONS:
         raise DartrtError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)} "
                           "(int8 graphs come from calibration/, as Q/DQ ONNX)")
-    unknown = [g for g in graphs if g not in ALL_GRAPHS]
-    if unknown:
-        raise DartrtError(f"unknown graph {unknown[0]!r}: use any of {', '.join(ALL_GRAPHS)}")
     policy = policy or Fp16Policy()
     pkg = Path(pkg_dir)
-    Manifest.load(pkg)  # refuse a damaged package before copying or writing anything
+    have = package_graphs(Manifest.load(pkg))  # refuse a damaged package before copying or writing anything
+    graphs = have if graphs is None else tuple(graphs)
+    unknown = [g for g in graphs if g not in have]
+    if unknown:
+        raise DartrtError(f"unknown graph {unknown[0]!r}: use any of {', '.join(have)}")
     if out is None:
         return prepare_package(pkg, precision, graphs=tuple(graphs), trt=trt, policy=policy, log=log)
     out = Path(out)
