@@ -44,3 +44,21 @@ def traced_copy(package, tmp_path_factory, name: str, n_decode: int):
     finally:
         torch.set_num_threads(threads)
     return pkg
+
+
+@pytest.fixture(scope="session")
+def tiny_d_ar_package(tmp_path_factory):
+    """tiny-d-ar (a D-AR pair with random weights: GPT seed 0, tokenizer seed 1) exported once per session,
+    with the export's own onnxruntime check; `random_d_ar_checkpoint("tiny-d-ar")` rebuilds the same weights."""
+    torch = pytest.importorskip("torch")
+    from dartrt.dar.d_ar.checkpoint import random_d_ar_checkpoint
+    from dartrt.exporter import export_package
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("packages") / "tiny-d-ar"
+        export_package(random_d_ar_checkpoint("tiny-d-ar"), out, log=lambda *a, **k: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out

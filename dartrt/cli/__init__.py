@@ -13,6 +13,7 @@ import sys
 import click
 
 from .bench import bench
+from .d_ar import decode_cmd, eval_demo_dar_cmd, train_demo_dar_cmd
 from .demo import eval_demo_cmd, train_demo_cmd
 from .export import convert, export_cmd
 from .generate import generate
@@ -54,5 +55,7 @@ for command in (generate, export_cmd, convert, verify, bench, calibrate_cmd, bui
     main.add_command(command)
 main.add_command(serve_cmd)
 main.add_command(bench_serve_cmd)
+for command in (decode_cmd, train_demo_dar_cmd, eval_demo_dar_cmd):  # D-AR (dartrt.cli.d_ar)
+    main.add_command(command)
 
 __all__ = ["main"]

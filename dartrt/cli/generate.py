@@ -72,9 +72,11 @@ def check_output_folder(out: Path, overwrite: bool) -> list[Path]:
               help="Folder for the PNGs (one per image, and a labelled grid.png); created if needed.")
 @click.option("--overwrite", is_flag=True,
               help="Remove an earlier run's images from --out first (only files named like generate's output).")
+@click.option("--previews", is_flag=True,
+              help="D-AR only: also write previews/group{k}.png, every image after group k of its tokens.")
 @one_line_errors
 def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k, top_p, temperature,
-             batch_size, backend, dtype, precision, threads, out, overwrite):
+             batch_size, backend, dtype, precision, threads, out, overwrite, previews):
     """Generate images from SOURCE: a package, a checkpoint folder, a preset (random weights), or
     nothing for the bundled demo model. Writes one PNG per image, as each batch finishes, and a labelled
     grid.png at the end."""
@@ -89,6 +91,9 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
     earlier = check_output_folder(out_dir, overwrite)
     engine = open_backend(source, backend, dtype, precision, threads)
     info = engine.info
+    if previews and getattr(engine, "family", None) != "d-ar":  # D-AR's decoder makes them (runtime.d_ar)
+        raise DartrtError("--previews is for D-AR packages and checkpoints, whose decoder runs group by group")
+    groups: dict[int, list] = {}  # --previews: group k → every image's preview after k groups
     request = build_request(engine, list(classes) if classes else list(range(info.num_classes)),
                             n_per_class=n_per_class, cfg=cfg, cfg_schedule=cfg_schedule, order=load_order(order),
                             seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, batch_size=batch_size)
@@ -108,7 +113,8 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
             def on_step(done: int, total: int, size: int = len(chunk)) -> None:
                 bar.update(size / total)
 
-            result = run_request(engine, batch, on_step)
+            result = run_request(engine, batch, on_step,
+                                 (lambda k, ims: groups.setdefault(k, []).extend(ims)) if previews else None)
             for offset, (image, class_id) in enumerate(zip(result.images, result.class_ids)):
                 save_png(image, out_dir / image_name(first + offset, class_id))
                 pixels.append(np.asarray(image))
@@ -125,4 +131,8 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
     bar.close()
     labels = [info.class_name(c) for c in request.class_ids[::n_per_class]]
     save_png(make_grid(np.stack(pixels), nrow=n_per_class, labels=labels), out_dir / "grid.png")
+    if previews:
+        from .d_ar import write_previews
+
+        write_previews(out_dir / "previews", [groups[k] for k in sorted(groups)], nrow=n_per_class)
     click.echo(f"wrote {written} images and grid.png to {out_dir}")

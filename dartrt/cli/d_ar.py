@@ -1,0 +1,158 @@
+"""D-AR's commands: `dartrt decode` (tokens from anywhere → images with a package's diffusion decoder, no
+torch), and `dartrt train-demo-dar` / `eval-demo-dar` (the trained D-AR demo's recipe and its judge)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from dartrt.extras import require
+from dartrt.runtime.errors import DartrtError
+
+from .common import PACKAGE_BACKENDS, backend_option, one_line_errors, precision_option, threads_option
+
+TORCH_FREE_BACKENDS = tuple(b for b in PACKAGE_BACKENDS if b != "tensorrt")
+
+
+def load_array(path: str, what: str):
+    """A .npy file as a numpy array, or one line naming the file."""
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DartrtError(f"cannot read {what} file {path} as a numpy array: {' '.join(str(exc).split())}") from None
+
+
+def write_previews(folder: Path, previews: list, nrow: int) -> list[Path]:
+    """One PNG per group: ``group{k}.png``, every image's preview after group k, in a grid."""
+    import numpy as np
+
+    from dartrt.runtime.images import make_grid, save_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, images in enumerate(previews, start=1):
+        path = folder / f"group{k}.png"
+        save_png(make_grid(np.stack([np.asarray(im) for im in images]), nrow=nrow), path)
+        paths.append(path)
+    return paths
+
+
+@click.command("decode")
+@click.argument("package", type=click.Path(exists=True, file_okay=False))
+@click.argument("tokens", type=click.Path(exists=True, dir_okay=False))
+@click.option("--noise", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The decoder's initial x (x_0), float32 [n, 3, H, W] in D-AR's layout (.npy). "
+                   "Default: drawn from --seed per image, as `dartrt generate` draws it.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--previews", is_flag=True, help="Also write previews/group{k}.png: every image after group k.")
+@click.option("--group", type=int, default=None,
+              help="Stop after this many groups (1..G) and write that preview as the images; TOKENS may then hold "
+                   "only the tokens those groups read.")
+@click.option("--save-float", is_flag=True,
+              help="Also write images.npy: the decoder's raw output, float32 [n, 3, H, W] before clamping to pixels.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@backend_option(TORCH_FREE_BACKENDS)
+@precision_option
+@threads_option
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Folder for the PNGs.")
+@one_line_errors
+def decode_cmd(package, tokens, noise, seed, previews, group, save_float, batch_size, backend, precision, threads,
+               out):
+    """Decode D-AR token ids (TOKENS: a .npy of int ids [n, num_tokens], or [num_tokens] for one image) into
+    images with PACKAGE's tokenizer graphs. Writes NNNN.png per image (and group PNGs with --previews)."""
+    import numpy as np
+
+    from dartrt.runtime.d_ar import decode_result, open_d_ar_package
+    from dartrt.runtime.images import save_png, to_uint8
+
+    ids = load_array(tokens, "tokens")
+    x0 = load_array(noise, "noise") if noise is not None else None
+    options = {} if threads is None else {"intra_op_threads": threads}
+    engine = open_d_ar_package(package, backend, precision=precision, **options)
+    result = decode_result(engine, ids, noise=x0, seed=seed, previews=previews, output="float", batch_size=batch_size,
+                           groups=group)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pixels = to_uint8(result.images)
+    from PIL import Image
+
+    for i, p in enumerate(pixels):
+        save_png(Image.fromarray(p), out_dir / f"{i:04d}.png")
+    if save_float:
+        np.save(out_dir / "images.npy", np.asarray(result.images, dtype=np.float32))
+    if previews:
+        groups = [[Image.fromarray(p) for p in to_uint8(g)] for g in result.previews]
+        write_previews(out_dir / "previews", groups, nrow=min(len(pixels), 8))
+    click.echo(f"decoded {len(pixels)} image(s) with {engine.name} to {out_dir}"
+               + (f" (+ {len(result.previews)} preview groups)" if previews else ""))
+
+
+@click.command("train-demo-dar")
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="models/demo-dar", show_default=True)
+@click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny step counts; not a usable model).")
+@click.option("--eval/--no-eval", "run_eval", default=True, show_default=True,
+              help="Measure image quality afterwards and write metrics.json (outside the training budget).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch threads.")
+@click.option("--budget-minutes", type=click.FloatRange(min=0), default=None,
+              help="Wall-clock budget for the training; the tokenizer takes its share, the GPT the rest, each "
+                   "annealing on the clock. Default: the recipe's 45. 0: no clock (the step caps; hours).")
+@one_line_errors
+def train_demo_dar_cmd(out, quick, run_eval, threads, budget_minutes):
+    """Train the D-AR demo from scratch, seeded, on the CPU: a sequential diffusion tokenizer (64 tokens in 8
+    groups, flow-matching pixel decoder) and a 1D GPT on the demo's shapes at 64x64."""
+    import dataclasses
+
+    require(("torch", "safetensors"), "`dartrt train-demo-dar`")
+    from dartrt.dar.d_ar.demo.train import QUICK, DemoDARRecipe, train_demo_dar
+
+    recipe = dataclasses.replace(QUICK if quick else DemoDARRecipe(), threads=threads)
+    if budget_minutes is not None:
+        recipe = dataclasses.replace(recipe, budget_minutes=budget_minutes or None)
+    report = train_demo_dar(out, recipe, log=click.echo)
+    click.echo(f"trained in {report['timings_seconds']['total']:.0f}s: {report['timings_seconds']}")
+    if run_eval:
+        _eval_demo_dar(out, n_per_class=2 if quick else 50, seed=0, write=True)
+
+
+@click.command("eval-demo-dar")
+@click.argument("source", required=False)
+@click.option("--n", "n_per_class", type=click.IntRange(min=2), default=50, show_default=True,
+              help="Images per class.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--write", is_flag=True, help="Store the result as SOURCE's metrics.json.")
+@one_line_errors
+def eval_demo_dar_cmd(source, n_per_class, seed, write):
+    """Class accuracy and Fréchet distance of the D-AR demo's images (SOURCE: its checkpoint folder, default
+    the bundled models/demo-dar), per preview group too, judged by the DAR demo's classifier."""
+    _eval_demo_dar(source, n_per_class, seed, write)
+
+
+def _eval_demo_dar(source, n_per_class: int, seed: int, write: bool) -> None:
+    require(("torch", "safetensors"), "`dartrt eval-demo-dar` (its judge is a torch classifier)")
+    from dartrt.dar.checkpoint import BUNDLED
+    from dartrt.dar.d_ar.checkpoint import load_d_ar_checkpoint
+    from dartrt.dar.d_ar.demo.evaluate import evaluate_d_ar
+    from dartrt.dar.d_ar.demo.train import ENCODER_CONFIG, load_encoder
+    from dartrt.dar.d_ar.torch_backend import torch_d_ar_backend
+    from dartrt.models import DEMO_DAR
+    from dartrt.runtime.fileio import atomic_write_json
+
+    folder = Path(source) if source else DEMO_DAR
+    ckpt = load_d_ar_checkpoint(folder)
+    encoder = load_encoder(folder, ckpt.tokenizer.cfg) if (folder / ENCODER_CONFIG).is_file() else None
+    report = evaluate_d_ar(torch_d_ar_backend(ckpt), BUNDLED, n_per_class=n_per_class, seed=seed, encoder=encoder)
+    click.echo(f"real held-out images: Fréchet distance {report['real_heldout_frechet_distance']:.3f}")
+    for cfg, row in report["by_cfg"].items():
+        groups = ", ".join(f"{g['class_accuracy']:.2f}" for g in row["preview_by_group"])
+        click.echo(f"cfg {cfg:>4}: class accuracy {row['class_accuracy']:.3f}, Fréchet distance "
+                   f"{row['fd_ratio_to_real']:.2f}x real; preview accuracy by group: {groups}")
+    if "reconstruction" in report:
+        rec = report["reconstruction"]
+        click.echo(f"reconstructions (the tokenizer's ceiling): {rec['psnr_db']:.1f} dB, class accuracy "
+                   f"{rec['class_accuracy']:.3f}, Fréchet distance {rec['fd_ratio_to_real']:.2f}x real")
+    if write:
+        atomic_write_json(folder / "metrics.json", report)
+        click.echo(f"wrote {folder / 'metrics.json'}")
