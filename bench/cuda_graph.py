@@ -64,8 +64,8 @@ class StaticDecodeStep:
         self.device = torch.device(device)
         kw = dict(dtype=torch.long, device=self.device)
         self.token_ids = torch.zeros(rows, 1, **kw)
-        self.positions = torch.zeros(1, pos_width, **kw)
-        self.direction = torch.zeros(1, **kw)
+        self.positions = torch.zeros(rows, 1, pos_width, **kw)  # per row (the graph contract)
+        self.direction = torch.zeros(rows, 1, **kw)
         self.write_index = torch.zeros(rows, **kw)
         self.logits: torch.Tensor | None = None
         self._replay: Callable[[], None] | None = None

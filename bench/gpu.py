@@ -137,8 +137,8 @@ def _one_step(backend, info, batch: int, cfg: bool, write_index: int, labels: li
     fill_cache(backend, inputs, write_index)
 
     def new_step(compiled: str | None) -> StaticDecodeStep:
-        step = StaticDecodeStep(backend.model, backend.caches, backend.modulation, rows, inputs.positions.shape[1],
-                                device, compile_backend=compiled)
+        step = StaticDecodeStep(backend.model, backend.caches, backend.modulation, rows,
+                                inputs.tables.positions.shape[-1], device, compile_backend=compiled)
         step.set_inputs(*inputs.step_args(write_index))
         return step
 

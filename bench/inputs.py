@@ -15,7 +15,6 @@ class Inputs:
 
     def __init__(self, info, batch: int, cfg: bool, seed: int = 0) -> None:
         self.tables = StepTables.native(info)
-        self.positions = self.tables.positions
         self.classes = np.arange(batch, dtype=np.int64) % info.num_classes
         self.rows = cfg_rows(self.classes, info.num_classes, cfg)
         rng = np.random.default_rng(seed)
@@ -24,10 +23,10 @@ class Inputs:
 
     def step_args(self, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Inputs of the decode call at write index t: the token sampled at t - 1."""
-        return (self.tokens[:, t - 1:t], *self.tables.at(t), t)
+        return (self.tokens[:, t - 1:t], *self.tables.at(t, len(self.rows)), t)
 
     def prefill_args(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return (self.rows, *self.tables.at(0))
+        return (self.rows, *self.tables.at(0, len(self.rows)))
 
 
 def fill_cache(backend, inputs: Inputs, write_index: int, trace: FillTrace | None = None,

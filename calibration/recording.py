@@ -153,7 +153,7 @@ class RecordingBackend(TorchBackend):
             rows = self._local(img)
             if rows is None:
                 continue
-            inputs = {**step_feed(np.asarray(class_ids)[rows][:, None], positions, direction, 0),
+            inputs = {**step_feed(np.asarray(class_ids)[rows][:, None], positions[rows], direction[rows], 0),
                       **self.cache_feed(PAST, rows, 0)}
             self.samples["prefill"].append(Sample(inputs, img, self.plan.image_classes[img], 0, 0, logits[rows]))
         return logits
@@ -165,7 +165,7 @@ class RecordingBackend(TorchBackend):
             rows = self._local(img)
             if rows is None:
                 continue
-            inputs = {**step_feed(np.asarray(token_ids)[rows], positions, direction, write_index),
+            inputs = {**step_feed(np.asarray(token_ids)[rows], positions[rows], direction[rows], write_index),
                       **self.cache_feed(PAST, rows, int(write_index))}
             if self.modulation is not None:
                 inputs[MODULATION] = self.modulation[rows].float().numpy().copy()

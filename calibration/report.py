@@ -50,9 +50,10 @@ def teacher_forced_logits(backend: Backend, request: Request, tokens: np.ndarray
     info = backend.info
     tables = StepTables.of(request.order, info.grid_size, info.rope)
     use_cfg = request.cfg.enabled
-    out = [backend.prefill(cfg_rows(request.class_ids, info.num_classes, use_cfg), *tables.at(0))]
+    rows = cfg_rows(request.class_ids, info.num_classes, use_cfg)
+    out = [backend.prefill(rows, *tables.at(0, len(rows)))]
     for t in range(1, info.seq_len):
-        out.append(backend.step(cfg_double(tokens[:, t - 1:t], use_cfg), *tables.at(t), t))
+        out.append(backend.step(cfg_double(tokens[:, t - 1:t], use_cfg), *tables.at(t, len(rows)), t))
     return np.stack(out)
 
 
@@ -135,12 +136,12 @@ def step_latency(backend: Backend, images: int = 1, steps: int = 32, write_index
     rows = 2 * images
     tables = StepTables.native(info)
     t = write_index or info.seq_len // 2
-    backend.prefill(np.zeros(rows, dtype=np.int64), *tables.at(0))
+    backend.prefill(np.zeros(rows, dtype=np.int64), *tables.at(0, rows))
     ids = np.zeros((rows, 1), dtype=np.int64)
-    backend.step(ids, *tables.at(t), t)  # warm-up
+    backend.step(ids, *tables.at(t, rows), t)  # warm-up
     start = time.perf_counter()
     for _ in range(steps):
-        backend.step(ids, *tables.at(t), t)
+        backend.step(ids, *tables.at(t, rows), t)
     return 1000 * (time.perf_counter() - start) / steps
 
 

@@ -3,7 +3,7 @@
 Layout of ``calibration/traces/<graph>.npz`` (one sample = one call of the graph for one image with
 CFG, i.e. R = 2 rows: the cond row, then its null-class row, as the runtime orders them):
 
-- step inputs stacked per sample: ``input_ids [N,R,S]``, ``positions [N,S,4]``, ``direction [N,S]``,
+- step inputs stacked per sample: ``input_ids [N,R,S]``, ``positions [N,R,S,4]``, ``direction [N,R,S]``,
   ``write_index [N,R]``;
 - ``adaln_modulation`` once per *image* ``[U,R,9,M]`` plus ``_modulation_index [N]``: the table is fixed
   for a whole image, so storing it per sample would repeat ~0.5 MB (demo) per sample;
@@ -33,7 +33,7 @@ from dartrt.runtime.fileio import atomic_write, read_json_object, sha256_file
 from .store import TRACES_DIR
 
 TRACES_FORMAT = "dartrt-traces"
-TRACES_VERSION = 1
+TRACES_VERSION = 2  # 2: positions and direction per row (the graph contract of package format 3)
 CACHE_PREFIX = f"{PAST}."
 META = ("_image", "_class", "_step", "_fill", "_ref_logits", "_modulation_index")
 
@@ -117,8 +117,8 @@ class TraceReader(_calibration_reader_base()):
     """Feeds one recorded call per ``get_next`` (what ORT's calibrators and ModelOpt iterate).
 
     ModelOpt's own ``calibration_data`` dict splits every input along axis 0 into equal chunks, which
-    does not fit graphs whose inputs are batched differently (``positions [S,4]`` next to caches
-    ``[R,...]``); a reader hands over whole, real calls instead. Samples are rebuilt lazily, so only
+    cuts one call's rows apart (and its AdaLN table, stored once per image); a reader hands over
+    whole, real calls instead. Samples are rebuilt lazily, so only
     one full-size cache set is in memory at a time."""
 
     def __init__(self, traces: TraceSet, limit: int | None = None) -> None:

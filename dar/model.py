@@ -183,12 +183,14 @@ class Transformer(nn.Module):
     def forward_step(self, h: torch.Tensor, positions: torch.Tensor, direction: torch.Tensor,
                      write_index: torch.Tensor, caches: KVCache,
                      modulation: torch.Tensor | None) -> tuple[torch.Tensor, KVCache]:
-        """h [B, S, d] at indices write_index + s → logits [B, S, V] (fp32) and updated caches."""
+        """h [B, S, d] at indices write_index + s, with per-row positions [B, S, 4] and direction [B, S]
+        → logits [B, S, V] (fp32) and updated caches."""
         b, s, _ = h.shape
-        cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions, self.cfg.rope)
+        cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions, self.cfg.rope)  # [B, S, D/2]
         mask = attention_mask(write_index, s, caches[0][0].shape[2])
-        # index_select exports as one Gather(axis=1) that reads only the S gathered rows.
-        mod = modulation.index_select(1, direction) if self.cfg.adaln else None  # [B, S, M]
+        # Per row: each row's S directions pick rows of its own [9, M] table (one GatherElements).
+        mod = (torch.gather(modulation, 1, direction[..., None].expand(-1, -1, modulation.shape[-1]))
+               if self.cfg.adaln else None)  # [B, S, M]
         return self._blocks(h, cos, sin, mask, write_index, caches, self._split_modulation(mod))
 
     def _split_modulation(self, mod: torch.Tensor | None) -> list[torch.Tensor | None]:
@@ -235,11 +237,14 @@ class Transformer(nn.Module):
     def forward_full(self, class_ids: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor,
                      direction: torch.Tensor, gather_modulation: bool = False) -> torch.Tensor:
         """Teacher-forced logits [B, N, V] for the class token plus tokens [B, N-1], in one causal
-        pass. By default AdaLN is computed per token (not gathered): the independent path the cache is
-        checked against. Training gathers it from the 9-row table, which is a third fewer FLOPs."""
+        pass; positions [N, 4] and direction [N] for one order shared by the batch, or [B, N, 4] and
+        [B, N] for one order per sequence (any-order training). By default AdaLN is computed per token
+        (not gathered): the independent path the cache is checked against. Training gathers it from the
+        9-row table, which is a third fewer FLOPs."""
         h = torch.cat([self.cls_embedding(class_ids)[:, None], self.embed_tokens(tokens)], dim=1)
         n = h.shape[1]
-        cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions[:n], self.cfg.rope)
+        positions, direction = positions[..., :n, :], direction[..., :n]
+        cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions, self.cfg.rope)
         mods = self._split_modulation(None)
         if self.cfg.adaln and gather_modulation:
             # A one-hot matmul, not an index: its backward is a matmul instead of a scatter-add. One per
@@ -247,11 +252,13 @@ class Transformer(nn.Module):
             # tensor (M = 38 d, 240 MB at the demo's batch of 32) whose backward concat cost more than
             # the per-layer matmuls. Per chunk, a compiled demo step is 1.19x faster (1.55 s against
             # 1.84 s, medians of 4 alternating pairs in one run; 2-core AVX2 CPU, fp32).
-            onehot = F.one_hot(direction[:n], NUM_DIRECTIONS).to(h.dtype)
-            mods = [torch.einsum("sk,bkm->bsm", onehot, chunk)
+            onehot = F.one_hot(direction, NUM_DIRECTIONS).to(h.dtype)
+            pattern = "sk,bkm->bsm" if direction.dim() == 1 else "bsk,bkm->bsm"
+            mods = [torch.einsum(pattern, onehot, chunk)
                     for chunk in self._split_modulation(self.modulation_table(class_ids))]
         elif self.cfg.adaln:
-            cond = self.cls_embedding(class_ids)[:, None] + self.dir_embedding(direction[:n])[None]
+            dirs = self.dir_embedding(direction)
+            cond = self.cls_embedding(class_ids)[:, None] + (dirs[None] if direction.dim() == 1 else dirs)
             mods = self._split_modulation(self._modulate(cond))
         logits, _ = self._blocks(h, cos, sin, None, None, None, mods)
         return logits

@@ -2,14 +2,16 @@
 
 Every member uses one table of per-position angles shared by all of its axes (the chunks of head_dim
 use the same frequencies). A step gathers one row per axis with its ``positions`` column and
-concatenates them, giving cos/sin [S, D/2]. Row ``G`` of the 2D/4D tables is the class token's "no
-current cell" row: identity (cos 1, sin 0) for DAR, all zeros for LlamaGen, whose released
-``freqs_cis`` zeroes the class token's q and k.
+concatenates them, giving cos/sin [..., D/2] for positions [..., 4]: [S, D/2] for one order shared
+by the batch (training), [B, S, D/2] for the per-row positions of the step graphs. Row ``G`` of the
+2D/4D tables is the class token's "no current cell" row: identity (cos 1, sin 0) for DAR, all zeros
+for LlamaGen, whose released ``freqs_cis`` zeroes the class token's q and k.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .config import ModelConfig
 
@@ -34,25 +36,27 @@ def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 def gather_cos_sin(cos_table: torch.Tensor, sin_table: torch.Tensor, positions: torch.Tensor,
                    rope: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions [S, 4] → cos, sin [S, D/2], one table row per axis, concatenated."""
+    """positions [..., 4] → cos, sin [..., D/2], one table row per axis, concatenated."""
     axes = ROPE_AXES[rope]
-    # index_select exports as plain Gather (axis 0), which every backend maps to a row lookup.
-    cos = torch.cat([cos_table.index_select(0, positions[:, a]) for a in axes], dim=-1)
-    sin = torch.cat([sin_table.index_select(0, positions[:, a]) for a in axes], dim=-1)
+    # F.embedding exports as plain Gather (axis 0), which every backend maps to a row lookup.
+    cos = torch.cat([F.embedding(positions[..., a], cos_table) for a in axes], dim=-1)
+    sin = torch.cat([F.embedding(positions[..., a], sin_table) for a in axes], dim=-1)
     return cos, sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (2j, 2j+1) of x [B, H, S, D] by cos/sin [S, D/2], in fp32.
+    """Rotate adjacent pairs (2j, 2j+1) of x [B, H, S, D] by cos/sin [S, D/2] (one order for the batch)
+    or [B, S, D/2] (per row), in fp32.
 
-    While exporting, this becomes one ONNX ``RotaryEmbedding`` (interleaved, per-token cos/sin), which
-    TensorRT maps onto its native rotary layer.
+    While exporting, this becomes one ONNX ``RotaryEmbedding`` (interleaved, per-token cos/sin [B, S, D/2]),
+    which TensorRT maps onto its native rotary layer.
     """
     if torch.onnx.is_in_onnx_export():
-        batch = x.shape[0]
-        cos_b = cos.to(x.dtype).unsqueeze(0).expand(batch, -1, -1)
-        sin_b = sin.to(x.dtype).unsqueeze(0).expand(batch, -1, -1)
-        return torch.onnx.ops.rotary_embedding(x, cos_b, sin_b, interleaved=True)
+        if cos.dim() == 2:
+            cos, sin = (t.unsqueeze(0).expand(x.shape[0], -1, -1) for t in (cos, sin))
+        return torch.onnx.ops.rotary_embedding(x, cos.to(x.dtype), sin.to(x.dtype), interleaved=True)
+    if cos.dim() == 3:  # per row: broadcast over the heads
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     xf = x.float().reshape(*x.shape[:-1], -1, 2)
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)

@@ -31,7 +31,7 @@ class TorchBackend:
         self.modulation = None
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(self.device)
+        return torch.from_numpy(np.array(a, dtype=np.int64)).to(self.device)  # a copy: torch wants it writable
 
     @torch.no_grad()
     def prefill(self, class_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray) -> np.ndarray:

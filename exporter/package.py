@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import dartrt
@@ -35,7 +36,6 @@ from dartrt.runtime.contract import (
     graph_io,
 )
 from dartrt.runtime.metrics import FP32_IMAGE, FP32_STEP, Tolerance
-from dartrt.runtime.orders import make_order
 
 from .graphs import DecodeGraph, PrefillGraph, VQDecoderGraph
 from .onnx_export import ExportedGraph, export_graph
@@ -68,8 +68,7 @@ def _step_args(model, rows: int, seq: int, write: int, seed: int, prefill: bool)
     """Valid, non-trivial graph inputs: real positions/directions of the model's order, random caches."""
     cfg = model.cfg
     g = torch.Generator().manual_seed(seed)
-    pos, dirs = (torch.from_numpy(a) for a in StepTables.of(make_order(cfg.order, cfg.grid_size), cfg.grid_size,
-                                                            cfg.rope).at(write, seq))
+    pos, dirs = (torch.from_numpy(np.array(a)) for a in StepTables.native(cfg).at(write, rows, seq))
     shape = (rows, cfg.n_head, cfg.seq_len, cfg.head_dim)
     past = [torch.randn(shape, generator=g) * 0.5 for _ in range(2 * cfg.n_layer)]
     write_index = torch.full((rows,), write, dtype=torch.long)
@@ -112,7 +111,7 @@ def export_decoder_graphs(model, folder: Path, opset: int = OPSET, check: bool =
     out[PREFILL] = export_graph(
         PrefillGraph(model), _step_args(model, 4, 1, 0, 0, prefill=True), folder / "prefill.onnx",
         list(io.inputs), list(io.outputs),
-        dims(PREFILL, {INPUT_IDS: {0: batch}, POSITIONS: None, DIRECTION: None, WRITE_INDEX: {0: batch}}),
+        dims(PREFILL, {INPUT_IDS: {0: batch}, POSITIONS: {0: batch}, DIRECTION: {0: batch}, WRITE_INDEX: {0: batch}}),
         opset, external, checks, tolerance)
 
     io = graph_io(DECODE, cfg.n_layer, cfg.adaln)
@@ -121,7 +120,7 @@ def export_decoder_graphs(model, folder: Path, opset: int = OPSET, check: bool =
     out[DECODE] = export_graph(
         DecodeGraph(model), _step_args(model, 4, 3, 5, 1, prefill=False), folder / "decode.onnx",
         list(io.inputs), list(io.outputs),
-        dims(DECODE, {INPUT_IDS: {0: batch, 1: seq}, POSITIONS: {0: seq}, DIRECTION: {0: seq},
+        dims(DECODE, {INPUT_IDS: {0: batch, 1: seq}, POSITIONS: {0: batch, 1: seq}, DIRECTION: {0: batch, 1: seq},
                       WRITE_INDEX: {0: batch}}),
         opset, external, checks, tolerance)
     return out

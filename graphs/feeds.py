@@ -93,9 +93,9 @@ def random_feed(manifest: Manifest, graph: str, specs: list[InputSpec], *, rows:
             high = info.num_classes + 1 if prefill else info.vocab_size
             feed[s.name] = rng.integers(0, high, dims)
         elif s.name == POSITIONS:
-            feed[s.name] = tables.positions[write:write + dims[0]]
+            feed[s.name] = tables.at(write, dims[0], dims[1])[0]
         elif s.name == DIRECTION:
-            feed[s.name] = tables.directions[write:write + dims[0]]
+            feed[s.name] = tables.at(write, dims[0], dims[1])[1]
         elif s.name == WRITE_INDEX:
             feed[s.name] = np.full(dims, write, dtype=np.int64)
         elif s.name == TOKEN_GRID:
@@ -140,7 +140,7 @@ def greedy_rollout(manifest: Manifest, prefill: str | Path, decode: str | Path, 
     modulation = out.get(MODULATION)
     tokens = [out[LOGITS][:, -1].argmax(-1)]
     for t in range(1, n_steps + 1):
-        step: Feed = {**step_feed(tokens[-1][:, None], *tables.at(t), t), **_caches(out)}
+        step: Feed = {**step_feed(tokens[-1][:, None], *tables.at(t, rows), t), **_caches(out)}
         if modulation is not None:
             step[MODULATION] = modulation
         step = cast_feed(step, specs[DECODE])

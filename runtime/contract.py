@@ -6,8 +6,9 @@ the contract is a change in one file (docs/design.md describes it in prose).
 
 Decoder graphs (``prefill``, ``decode``), R rows, S new tokens, T_max cache slots:
 
-- inputs: ``input_ids [R, S]`` int64 (prefill: the class ids, S = 1), ``positions [S, 4]`` int64,
-  ``direction [S]`` int64, ``write_index [R]`` int64 (the cache slot of the first new token), for AdaLN
+- inputs: ``input_ids [R, S]`` int64 (prefill: the class ids, S = 1), ``positions [R, S, 4]`` int64,
+  ``direction [R, S]`` int64 (per row, so every row may follow its own scan order), ``write_index [R]``
+  int64 (the cache slot of the first new token), for AdaLN
   models the decode graph's ``adaln_modulation [R, 9, M]`` (prefill computes it), and per layer i
   ``past_key_values.{i}.key|value [R, H, T_max, D]``;
 - outputs: ``logits [R, S, V]`` float32, prefill's ``adaln_modulation``, and ``present.{i}.key|value``,
@@ -16,7 +17,7 @@ Decoder graphs (``prefill``, ``decode``), R rows, S new tokens, T_max cache slot
 VQ decoder: ``token_grid [B, G, G]`` int64 → ``image [B, 3, H, W]`` float32 in about [-1, 1].
 
 Rows with classifier-free guidance: R = 2B, the B conditional rows first, then the same images'
-null-class rows (class id ``num_classes``); both halves are fed the same tokens.
+null-class rows (class id ``num_classes``); both halves are fed the same tokens and positions.
 """
 
 from __future__ import annotations
@@ -93,17 +94,22 @@ def cfg_double(x: np.ndarray, cfg: bool) -> np.ndarray:
     return np.concatenate([x, x]) if cfg else x
 
 
-# ---- positions of a scan order ----------------------------------------------------------------------------
+# ---- positions of scan orders --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StepTables:
-    """``positions`` and ``direction`` of every decoder input index for one scan order."""
+    """``positions`` and ``direction`` of every decoder input index, for one scan order shared by every
+    row (B = 1) or one order per image (B images)."""
 
-    positions: np.ndarray  # [N, 4] int64
-    directions: np.ndarray  # [N] int64
+    positions: np.ndarray  # [B, N, 4] int64
+    directions: np.ndarray  # [B, N] int64
 
     @classmethod
     def of(cls, order: np.ndarray, grid: int, rope: str) -> StepTables:
-        return cls(positions_table(order, grid, rope), direction_ids(order))
+        """Tables of ``order`` [N, 2] (shared by every row) or ``orders`` [B, N, 2] (one per image)."""
+        orders = np.asarray(order)
+        orders = orders[None] if orders.ndim == 2 else orders
+        return cls(np.stack([positions_table(o, grid, rope) for o in orders]),
+                   np.stack([direction_ids(o) for o in orders]))
 
     @classmethod
     def native(cls, model) -> StepTables:
@@ -111,15 +117,25 @@ class StepTables:
         with ``order``, ``grid_size`` and ``rope``)."""
         return cls.of(make_order(model.order, model.grid_size), model.grid_size, model.rope)
 
-    def at(self, index: int, count: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """(positions, direction) of input indices index .. index+count-1 (prefill: index 0)."""
-        return self.positions[index:index + count], self.directions[index:index + count]
+    def at(self, index: int, rows: int, count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(positions [rows, count, 4], direction [rows, count]) of input indices index .. index+count-1
+        (prefill: index 0). A shared order serves any number of rows; per-image tables serve their B
+        images, or 2B rows with CFG (the null-class half follows its image)."""
+        pos, dirs = self.positions[:, index:index + count], self.directions[:, index:index + count]
+        images = pos.shape[0]
+        if images == 1:
+            return np.broadcast_to(pos, (rows, *pos.shape[1:])), np.broadcast_to(dirs, (rows, dirs.shape[1]))
+        if rows == images:
+            return pos, dirs
+        if rows == 2 * images:
+            return cfg_double(pos, True), cfg_double(dirs, True)
+        raise ValueError(f"tables of {images} images cannot feed {rows} rows")
 
 
 def step_feed(input_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray, write_index: int | np.ndarray
               ) -> dict[str, np.ndarray]:
-    """The four step inputs as contiguous int64 arrays; ``write_index`` a scalar (same slot for every row)
-    or one slot per row."""
+    """The four step inputs as contiguous int64 arrays (positions [R, S, 4], direction [R, S] from
+    `StepTables.at`); ``write_index`` a scalar (same slot for every row) or one slot per row."""
     ids = np.ascontiguousarray(input_ids, dtype=np.int64)
     write = np.broadcast_to(np.asarray(write_index, dtype=np.int64), (ids.shape[0],))
     return {INPUT_IDS: ids, POSITIONS: np.ascontiguousarray(positions, dtype=np.int64),

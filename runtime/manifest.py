@@ -20,7 +20,8 @@ from .fileio import atomic_write_text, read_json_object, sha256_file
 
 FORMAT = "dartrt-package"
 # 2: the manifest carries its own checksum (``integrity``) and the export check records its tolerance rule.
-FORMAT_VERSION = 2
+# 3: positions [R, S, 4] and direction [R, S] per row in the step graphs (every row may follow its own order).
+FORMAT_VERSION = 3
 INTEGRITY = "integrity"
 MANIFEST_NAME = "manifest.json"
 # Data no backend runs: at open these are size-checked only (hashing the ~100+ MB of calibration traces

@@ -128,11 +128,12 @@ def sample_tokens(backend: Backend, request: Request, on_step: StepCallback | No
         classes = np.asarray([row.class_id for row in chunk], dtype=np.int64)
         rngs = [image_generator(row.seed, row.index) for row in chunk]
         weights = weight_table([row.cfg for row in chunk], n_tok) if use_cfg else None
-        logits = backend.prefill(cfg_rows(classes, info.num_classes, use_cfg), *tables.at(0))
+        class_rows = cfg_rows(classes, info.num_classes, use_cfg)
+        logits = backend.prefill(class_rows, *tables.at(0, len(class_rows)))
         for t in range(n_tok):
             if t > 0:
                 prev = cfg_double(out[first:first + len(classes), t - 1:t], use_cfg)
-                logits = backend.step(prev, *tables.at(t), t)
+                logits = backend.step(prev, *tables.at(t, len(prev)), t)
             check_finite_logits(logits, t, first, len(chunk))
             if use_cfg:
                 logits = combine(logits, weights[t])

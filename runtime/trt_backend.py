@@ -28,12 +28,10 @@ from .backend import ModelInfo, check_step_rows
 from .contract import (
     ALL_GRAPHS,
     DECODE,
-    DIRECTION,
     IMAGE,
     INPUT_IDS,
     LOGITS,
     PAST,
-    POSITIONS,
     PREFILL,
     PRESENT,
     TOKEN_GRID,
@@ -244,7 +242,7 @@ class TrtBackend:
         max_seq = decode.max_shape(INPUT_IDS)[1]
         for name in decode.inputs:
             shape = list(decode.max_shape(name))
-            shape = [rows if i == 0 and name not in (POSITIONS, DIRECTION) else d for i, d in enumerate(shape)]
+            shape = [rows if i == 0 else d for i, d in enumerate(shape)]  # every input is per row
             self._buffers[name] = DeviceBuffer(tuple(shape), decode.dtype(name))
         vocab = self.info.vocab_size
         self._buffers[LOGITS] = DeviceBuffer((rows, max_seq, vocab), np.float32)

@@ -72,7 +72,8 @@ def hand_count(cfg: ModelConfig, rows: int, length: int) -> dict[str, int]:
     per_layer = d * 3 * inner + inner * d + 3 * d * ffn  # wqkv, wo, w1/w3/w2; AdaLN norms have no weight
     tok_mlp = cfg.codebook_dim * d + d + d * d + d
     weights = L * per_layer + tok_mlp + d * cfg.vocab_size  # no W_mod, no class/direction tables
-    lookups = rows * cfg.codebook_dim + cfg.head_dim  # codebook rows; cos + sin rows: D/2 each
+    # codebook rows; cos + sin rows (D/2 each) per row, never more than the RoPE tables (G + 1 rows)
+    lookups = rows * cfg.codebook_dim + min(rows, cfg.grid_size + 1) * cfg.head_dim
     modulation = rows * (6 * L + 2) * d
     kv = 2 * L * cfg.n_head * cfg.head_dim * length * rows
     return {"weights": 4 * weights, "lookups": 4 * lookups, "modulation": 4 * modulation, "kv": 4 * kv}
@@ -82,8 +83,8 @@ def hand_count_prefill(cfg: ModelConfig, rows: int) -> int:
     d, inner, ffn, L = cfg.d_model, cfg.inner_dim, cfg.ffn_hidden, cfg.n_layer
     weights = (L * (d * 3 * inner + inner * d + 3 * d * ffn) + L * (d * 6 * d + 6 * d)  # blocks, W_mod
                + d * 2 * d + 2 * d + 9 * d + d * cfg.vocab_size)  # final modulation, direction table, output
-    # the class row, gathered twice (embedding, AdaLN table), never more than the table; RoPE
-    lookups = 2 * min(rows, cfg.num_classes + 1) * d + cfg.head_dim
+    # the class row, gathered twice (embedding, AdaLN table), never more than the table; RoPE, per row
+    lookups = 2 * min(rows, cfg.num_classes + 1) * d + min(rows, cfg.grid_size + 1) * cfg.head_dim
     kv = 2 * L * cfg.n_head * cfg.head_dim * rows
     return 4 * (weights + lookups + kv)
 

@@ -86,7 +86,8 @@ def test_trace_feeds_are_real_steps(manifest, trace):
     assert np.abs(later[:, :, :8]).max() > 0 and np.abs(later[:, :, 8:]).max() == 0
     specs = graph_inputs(manifest.graph("decode").path)
     feed = random_feed(manifest, "decode", specs, rows=3, seq=2, write=5)
-    assert feed["input_ids"].shape == (3, 2) and feed["positions"].shape == (2, 4)
+    assert feed["input_ids"].shape == (3, 2) and feed["direction"].shape == (3, 2)
+    assert feed["positions"].shape == (3, 2, 4)  # per row
     with pytest.raises(DartrtError, match="does not fit T_max"):
         random_feed(manifest, "decode", specs, rows=1, seq=2, write=63)
 

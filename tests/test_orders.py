@@ -96,3 +96,23 @@ def test_positions_table_rows():
     assert tuple(pos[15]) == (3, 2, 3, 3)
     one_d = positions_table(order, g, "1d")
     assert (one_d[:, 0] == np.arange(16)).all() and (one_d[:, 1:] == 0).all()
+
+
+def test_direction_ids_of_arbitrary_jumps():
+    """A step's direction id is the sign pair of (Δrow, Δcol) as an index into KING_MOVES, whatever the
+    distance: adjacent moves and jumps alike (the next cell itself is in the positions' next-row/next-col
+    columns). Index 0, the class token, is START. Checked on raster, diagonal and random permutations."""
+    from dartrt.runtime.orders import KING_MOVES, START, direction_counts
+
+    g = 4
+    raster = direction_ids(make_order("raster", g))
+    assert raster[0] == START and direction_counts(make_order("raster", g)) == {"R": 12, "DL": 3}  # row wraps
+    assert direction_counts(make_order("diagonal", g)) == {"R": 4, "DL": 5, "D": 2, "UR": 4}
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        order = make_order(rng.permutation(g * g), g)
+        ids = direction_ids(order)
+        assert ids[0] == START and ids.shape == (g * g,)
+        for t in range(1, g * g):
+            step = tuple(int(v) for v in np.sign(order[t] - order[t - 1]))
+            assert KING_MOVES[ids[t]] == step

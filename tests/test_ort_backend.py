@@ -32,27 +32,30 @@ def torch_backend():
     return TorchBackend(random_checkpoint("tiny-dar"))
 
 
-def tables(info):
+def tables(info, rows: int):
+    """positions [rows, N, 4] and directions [rows, N] of the model's order (the graphs take them per row)."""
     order = make_order(info.order, info.grid_size)
-    return positions_table(order, info.grid_size, info.rope), direction_ids(order)
+    pos, dirs = positions_table(order, info.grid_size, info.rope), direction_ids(order)
+    return np.broadcast_to(pos, (rows, *pos.shape)), np.broadcast_to(dirs, (rows, *dirs.shape))
 
 
 def test_step_logits_match_torch(tiny_dar_package, torch_backend):
     ort_b = ort_backend(tiny_dar_package)
     assert ort_b.device == "cpu" and ort_b.providers[0] == "CPUExecutionProvider"
     info = ort_b.info
-    pos, dirs = tables(info)
     rows = np.array([3, 7, info.num_classes, info.num_classes])  # a CFG batch
-    errs = [np.abs(ort_b.prefill(rows, pos[:1], dirs[:1]) - torch_backend.prefill(rows, pos[:1], dirs[:1])).max()]
+    pos, dirs = tables(info, len(rows))
+    first = (rows, pos[:, :1], dirs[:, :1])
+    errs = [np.abs(ort_b.prefill(*first) - torch_backend.prefill(*first)).max()]
     rng = np.random.default_rng(0)
     for t in range(1, 8):
         ids = rng.integers(0, info.vocab_size, (len(rows), 1))
-        a = ort_b.step(ids, pos[t:t + 1], dirs[t:t + 1], t)
-        b = torch_backend.step(ids, pos[t:t + 1], dirs[t:t + 1], t)
+        a = ort_b.step(ids, pos[:, t:t + 1], dirs[:, t:t + 1], t)
+        b = torch_backend.step(ids, pos[:, t:t + 1], dirs[:, t:t + 1], t)
         assert a.shape == (len(rows), info.vocab_size) and a.dtype == np.float32
         errs.append(np.abs(a - b).max())
     ids = rng.integers(0, info.vocab_size, (len(rows), 3))  # a chunk of S = 3 returns the last position
-    chunk = (ids, pos[8:11], dirs[8:11], 8)
+    chunk = (ids, pos[:, 8:11], dirs[:, 8:11], 8)
     errs.append(np.abs(ort_b.step(*chunk) - torch_backend.step(*chunk)).max())
     print(f"ORT vs torch logits max-abs: prefill {errs[0]:.2e}, steps {max(errs[1:]):.2e}")
     assert max(errs) <= 1e-4
@@ -64,19 +67,19 @@ def test_cache_is_updated_in_place(tiny_dar_package, torch_backend, capfd):
     separate buffers (ping-pong), ORT logs the copy: the log check does detect copies."""
     aliased = ort_backend(tiny_dar_package, log_severity=2)
     info = aliased.info
-    pos, dirs = tables(info)
     rows = np.array([1, info.num_classes])
+    pos, dirs = tables(info, len(rows))
     capfd.readouterr()
-    aliased.prefill(rows, pos[:1], dirs[:1])
-    torch_backend.prefill(rows, pos[:1], dirs[:1])
+    aliased.prefill(rows, pos[:, :1], dirs[:, :1])
+    torch_backend.prefill(rows, pos[:, :1], dirs[:, :1])
     for t in range(1, 5):
         ids = np.full((2, 1), 10 + t)
-        aliased.step(ids, pos[t:t + 1], dirs[t:t + 1], t)
-        torch_backend.step(ids, pos[t:t + 1], dirs[t:t + 1], t)
+        aliased.step(ids, pos[:, t:t + 1], dirs[:, t:t + 1], t)
+        torch_backend.step(ids, pos[:, t:t + 1], dirs[:, t:t + 1], t)
     before = [aliased.cache_arrays(i) for i in range(aliased.n_layer)]
     w = 5
-    aliased.step(np.full((2, 1), 42), pos[w:w + 1], dirs[w:w + 1], w)
-    torch_backend.step(np.full((2, 1), 42), pos[w:w + 1], dirs[w:w + 1], w)
+    aliased.step(np.full((2, 1), 42), pos[:, w:w + 1], dirs[:, w:w + 1], w)
+    torch_backend.step(np.full((2, 1), 42), pos[:, w:w + 1], dirs[:, w:w + 1], w)
     for layer in range(aliased.n_layer):
         for kind, (old, new) in enumerate(zip(before[layer], aliased.cache_arrays(layer))):
             ref = torch_backend.caches[layer][kind].numpy()
@@ -87,7 +90,7 @@ def test_cache_is_updated_in_place(tiny_dar_package, torch_backend, capfd):
     assert NOT_IN_PLACE not in capfd.readouterr().err
 
     pingpong = ort_backend(tiny_dar_package, log_severity=2, alias_cache=False)
-    pingpong.prefill(rows, pos[:1], dirs[:1])
+    pingpong.prefill(rows, pos[:, :1], dirs[:, :1])
     assert NOT_IN_PLACE in capfd.readouterr().err
 
 

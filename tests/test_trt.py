@@ -50,7 +50,7 @@ def test_profiles_from_the_manifest(tiny_dar_package):
 
     decode = {p.name: p for p in derive_profile(data["graphs"]["decode"]["inputs"], "decode", max_batch=8)}
     assert (decode["input_ids"].min, decode["input_ids"].opt, decode["input_ids"].max) == ((1, 1), (16, 1), (16, 4))
-    assert (decode["positions"].min, decode["positions"].max) == ((1, 4), (4, 4))
+    assert (decode["positions"].min, decode["positions"].max) == ((1, 1, 4), (16, 4, 4))
     assert decode["write_index"].max == (16,)
     value = decode["past_key_values.1.value"]
     assert value.min == (1, *cache) and value.max == (16, *cache)
@@ -58,7 +58,8 @@ def test_profiles_from_the_manifest(tiny_dar_package):
     assert decode["adaln_modulation"].opt == (16, 9, width)
 
     prefill = {p.name: p for p in derive_profile(data["graphs"]["prefill"]["inputs"], "prefill", max_batch=2)}
-    assert prefill["input_ids"].max == (4, 1) and prefill["positions"].min == prefill["positions"].max == (1, 4)
+    assert prefill["input_ids"].max == (4, 1)
+    assert prefill["positions"].min == (1, 1, 4) and prefill["positions"].max == (4, 1, 4)  # per row
 
     vq = derive_profile(data["graphs"]["vq_decoder"]["inputs"], "vq_decoder", max_batch=3)
     grid = data["model"]["grid_size"]
@@ -216,16 +217,14 @@ def test_trt_backend_generates_like_onnxruntime(built_package):
     trt_b = open_package_backend(built_package, "tensorrt")
     ort_b = open_package_backend(built_package, "onnxruntime-cpu")
     info = trt_b.info
-    from dartrt.runtime.orders import direction_ids, make_order, positions_table
+    from dartrt.runtime.contract import StepTables
 
-    order = make_order(info.order, info.grid_size)
-    pos, dirs = positions_table(order, info.grid_size, info.rope), direction_ids(order)
+    tables = StepTables.native(info)
     rows = np.array([1, 2, info.num_classes, info.num_classes])
-    errs = [np.abs(trt_b.prefill(rows, pos[:1], dirs[:1]) - ort_b.prefill(rows, pos[:1], dirs[:1])).max()]
+    errs = [np.abs(trt_b.prefill(rows, *tables.at(0, 4)) - ort_b.prefill(rows, *tables.at(0, 4))).max()]
     for t in range(1, 6):  # the first step captures the CUDA graph, the next ones replay it
         ids = np.full((4, 1), 7 * t)
-        errs.append(np.abs(trt_b.step(ids, pos[t:t + 1], dirs[t:t + 1], t) - ort_b.step(ids, pos[t:t + 1],
-                                                                                        dirs[t:t + 1], t)).max())
+        errs.append(np.abs(trt_b.step(ids, *tables.at(t, 4), t) - ort_b.step(ids, *tables.at(t, 4), t)).max())
     assert max(errs) <= 2e-2, errs
     _, grids = runtime.generate(trt_b, [0, 1], seed=0, top_k=1, return_grids=True)
     _, ref = runtime.generate(ort_b, [0, 1], seed=0, top_k=1, return_grids=True)
