@@ -55,6 +55,9 @@ class ModelConfig:
     adaln_bias: bool = True
     # Default scan order the model was trained with; runtimes may run any other.
     order: str = "diagonal"
+    # Trained on random orders (any-order training), so that it can choose its own order: the runtime's
+    # order="adaptive" and editing refuse a model without it (docs/oar.md). Fixed orders run on any model.
+    any_order: bool = False
     # Training-only.
     class_dropout: float = 0.1
     # Generation defaults recorded with the model.

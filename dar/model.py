@@ -63,6 +63,30 @@ def attention_mask(write_index: torch.Tensor, seq: int, t_max: int) -> torch.Ten
     return (keys[None, None, :] <= q_pos[:, :, None]).unsqueeze(1)
 
 
+def candidate_mask(write_index: torch.Tensor | None, count: int, t_max: int, rows: int) -> torch.Tensor:
+    """Bool [R, 1, C, T + C] for C candidate queries of one last token (docs/oar.md): each sees the cached
+    slots j < write_index[r] (none when ``write_index`` is None: the class token) and, among the C new
+    keys, only its own. Built from aranges, so C stays a dynamic dimension when exported."""
+    cand = torch.arange(count, device=write_index.device if write_index is not None else None)
+    own = (cand[:, None] == cand[None, :])[None, None].expand(rows, 1, count, count)
+    if write_index is None:
+        return own
+    keys = torch.arange(t_max, device=write_index.device)
+    cached = (keys[None, :] < write_index[:, None])[:, None, None, :].expand(rows, 1, count, t_max)
+    return torch.cat([cached, own], dim=-1)
+
+
+def commit_candidate(caches: KVCache, rows: KVCache, choice: torch.Tensor, write_index: torch.Tensor) -> KVCache:
+    """Write each row's chosen candidate K/V (rows[i] [R, H, C, D], ``choice`` [R]) into the caches at slot
+    write_index[r]: a gather and the same `kv_write` a step uses (TensorScatter when exported)."""
+    out: KVCache = []
+    for (cache_k, cache_v), (k, v) in zip(caches, rows):
+        index = choice[:, None, None, None].expand(k.shape[0], k.shape[1], 1, k.shape[3])
+        out.append((kv_write(cache_k, k.gather(2, index), write_index),
+                    kv_write(cache_v, v.gather(2, index), write_index)))
+    return out
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -75,12 +99,15 @@ class Attention(nn.Module):
         b, s, _ = x.shape
         q, k, v = self.wqkv(x).view(b, s, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k = kv_write(cache[0], k, write_index)
-            v = kv_write(cache[1], v, write_index)
+        keys, values = k, v
+        if cache is not None and write_index is None:  # candidates: read the cache, return the new rows
+            keys, values = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        elif cache is not None:
+            k = keys = kv_write(cache[0], k, write_index)
+            v = values = kv_write(cache[1], v, write_index)
         # mask None is the plain causal pass: is_causal lets torch pick its fused (flash) CPU kernel, which
         # an explicit mask rules out; training is ~2x faster for it.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=mask is None,
                                            scale=1.0 / math.sqrt(self.head_dim))
         return self.wo(y.transpose(1, 2).reshape(b, s, -1)), (k, v)
 
@@ -192,6 +219,28 @@ class Transformer(nn.Module):
         mod = (torch.gather(modulation, 1, direction[..., None].expand(-1, -1, modulation.shape[-1]))
                if self.cfg.adaln else None)  # [B, S, M]
         return self._blocks(h, cos, sin, mask, write_index, caches, self._split_modulation(mod))
+
+    def forward_candidates(self, h: torch.Tensor, positions: torch.Tensor, direction: torch.Tensor,
+                           write_index: torch.Tensor | None, caches: KVCache | None,
+                           modulation: torch.Tensor | None) -> tuple[torch.Tensor, KVCache]:
+        """The last token h [R, 1, d] as C candidate queries (OAR's scoring, docs/oar.md): candidate c gets
+        positions [R, C, 4] = (its cell, c) and direction [R, C], attends to the cached slots < write_index
+        (nothing for the class token: ``caches`` None) and to its own key only. Returns logits [R, C, V] and,
+        per layer, the candidates' K/V rows [R, H, C, D], which `commit_candidate` writes without a second
+        forward: the last token's K/V depend on which cell comes next, so each candidate has its own."""
+        rows, count = direction.shape
+        h = h.expand(rows, count, h.shape[-1])
+        cos, sin = gather_cos_sin(self.rope_cos, self.rope_sin, positions, self.cfg.rope)
+        t_max = caches[0][0].shape[2] if caches is not None else 0
+        mask = candidate_mask(write_index if caches is not None else None, count, t_max, rows)
+        mod = (torch.gather(modulation, 1, direction[..., None].expand(-1, -1, modulation.shape[-1]))
+               if self.cfg.adaln else None)
+        return self._blocks(h, cos, sin, mask, None, caches, self._split_modulation(mod))
+
+    def decode_candidates(self, token_ids, positions, direction, write_index, caches, modulation):
+        """The last image token token_ids [R, 1] at slot write_index as C candidates → (logits, rows)."""
+        return self.forward_candidates(self.embed_tokens(token_ids), positions, direction, write_index, caches,
+                                       modulation)
 
     def _split_modulation(self, mod: torch.Tensor | None) -> list[torch.Tensor | None]:
         """[..., M] → one [..., 6d] chunk per layer and the final [..., 2d] (Nones without AdaLN).

@@ -9,6 +9,7 @@ so a wrong ``--source`` is refused by name instead of failing every numeric chec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -17,7 +18,7 @@ from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
 
 from .checkpoint import BUNDLED, Checkpoint, load_checkpoint, preset_source, random_checkpoint, resolve_source
-from .config import PRESETS
+from .config import PRESETS, ModelConfig
 
 PRESET_SOURCE = re.compile(re.escape(preset_source("@")).replace("@", r"(?P<name>\S+)"))
 
@@ -42,6 +43,8 @@ def reference_checkpoint(manifest: Manifest, source: str | None = None,
         raise DartrtError(f"cannot rebuild the reference of {manifest.root}: {what}; {hint}")
     want = json.loads(json.dumps(manifest.data["model"]))
     have = json.loads(json.dumps(ckpt.config.to_dict()))
+    for key in ("any_order",):  # added after format 3: a package written before it has the default
+        want.setdefault(key, next(f.default for f in dataclasses.fields(ModelConfig) if f.name == key))
     if have != want:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         raise DartrtError(f"source {ckpt.source} does not match the package (model config differs in "

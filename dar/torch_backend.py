@@ -10,6 +10,7 @@ from dartrt.runtime.contract import PAST, cache_names
 from dartrt.runtime.images import to_uint8
 
 from .checkpoint import Checkpoint
+from .model import commit_candidate
 
 
 class TorchBackend:
@@ -29,6 +30,7 @@ class TorchBackend:
         self.info = ModelInfo.from_config(ckpt.config.to_dict(), ckpt.image_size)
         self.caches = None
         self.modulation = None
+        self._candidates = None  # the last scoring call's K/V rows, until `commit`
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.array(a, dtype=np.int64)).to(self.device)  # a copy: torch wants it writable
@@ -50,6 +52,22 @@ class TorchBackend:
         logits, self.caches = self.model.decode(self._t(token_ids), self._t(positions), self._t(direction),
                                                 write, self.caches, self.modulation)
         return logits[:, -1].float().cpu().numpy()
+
+    # ---- adaptive order (dartrt.runtime.adaptive): score candidates, commit the chosen one's K/V row ----
+    @torch.no_grad()
+    def score_candidates(self, token_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray,
+                         write_index: int) -> np.ndarray:
+        """The last token token_ids [R, 1] at slot write_index with C candidate next cells → [R, C, V]."""
+        write = torch.full((len(token_ids),), int(write_index), dtype=torch.long, device=self.device)
+        logits, self._candidates = self.model.decode_candidates(
+            self._t(token_ids), self._t(positions), self._t(direction), write, self.caches, self.modulation)
+        return logits.float().cpu().numpy()
+
+    @torch.no_grad()
+    def commit(self, choice: np.ndarray, write_index: int) -> None:
+        """Write candidate choice[r]'s K/V rows of the last scoring call at slot write_index, in place."""
+        write = torch.full((len(choice),), int(write_index), dtype=torch.long, device=self.device)
+        self.caches = commit_candidate(self.caches, self._candidates, self._t(choice), write)
 
     def cache_feed(self, prefix: str = PAST, rows: np.ndarray | None = None, fill: int | None = None
                    ) -> dict[str, np.ndarray]:

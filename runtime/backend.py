@@ -33,6 +33,7 @@ class ModelInfo:
     default_top_p: float = 1.0
     default_temperature: float = 1.0
     class_names: tuple = ()
+    any_order: bool = False  # trained on random orders: may choose its own (order="adaptive", editing)
 
     @property
     def seq_len(self) -> int:
@@ -48,7 +49,7 @@ class ModelInfo:
         keys = ("name", "num_classes", "vocab_size", "grid_size", "rope", "order", "default_cfg",
                 "default_cfg_schedule", "default_top_k", "default_top_p", "default_temperature")
         return cls(image_size=image_size, class_names=tuple(cfg.get("class_names") or ()),
-                   **{k: cfg[k] for k in keys})
+                   any_order=bool(cfg.get("any_order", False)), **{k: cfg[k] for k in keys})
 
     def class_name(self, class_id: int) -> str:
         if class_id < len(self.class_names):
@@ -89,6 +90,8 @@ def check_model_fields(cfg: dict, prefix: str = "model ") -> None:
     for key in ("name", "order"):
         if not isinstance(need(key), str) or not cfg[key]:
             raise DartrtError(f"{prefix}{key} must be a non-empty string, got {cfg[key]!r}")
+    if not isinstance(cfg.get("any_order", False), bool):  # optional: packages before it was a field lack it
+        raise DartrtError(f"{prefix}any_order must be true or false, got {cfg['any_order']!r}")
     numbers = {"default_cfg": (0.0, None), "default_temperature": (0.0, None), "default_top_p": (0.0, 1.0)}
     for key, (low, high) in numbers.items():
         value = need(key)
