@@ -261,7 +261,8 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
               warmup: int = 1, threads: int | None = None, use_torch: bool = True,
               accelerator: bool | None = None, bandwidth_bytes: int = DEFAULT_BYTES,
               precisions: tuple[str, ...] = (), gpu_only: bool = False, gpu_dtypes: tuple[str, ...] = ("float32",),
-              gpu_compile: bool = False, echo: Log | None = print, log: Log | None = None) -> dict:
+              gpu_compile: bool = False, echo: Log | None = print, log: Log | None = None,
+              adaptive: bool = False, candidates: tuple[int, ...] = (), cells: tuple[int, ...] = ()) -> dict:
     """Bench the package at ``pkg_dir``; returns the report (schema ``dartrt-bench/1``).
 
     ``device``: where the main comparison runs (onnxruntime's EP and torch). ``accelerator``: the
@@ -270,7 +271,9 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
     onnxruntime (a GPU machine without onnxruntime-gpu or TensorRT). ``precisions``: calibration
     variants (``int8-dynamic``, ...; ``all`` = every one that runs on ``device``) timed as further
     onnxruntime sides next to FP32 (see `bench.precisions`). ``json_path`` is written atomically;
-    ``echo`` gets the table, ``log`` the progress lines.
+    ``echo`` gets the table, ``log`` the progress lines. ``adaptive``: the adaptive-order section instead
+    (`bench.adaptive`: fixed vs adaptive vs ``candidates``-pruned vs ``cells`` per step, per image, against
+    the compute and bandwidth floors).
     """
     from dartrt.runtime.ort_backend import OrtBackend
     from dartrt.runtime.sessions import usable_cpus
@@ -287,6 +290,13 @@ def run_bench(pkg_dir: str | Path, batch_sizes=(1, 8), repeats: int = 5, cfg: bo
             raise DartrtError("--precision and the GPU section are not implemented for D-AR packages yet")
         return run_d_ar_bench(pkg_dir, sizes, repeats, cfg, warmup=warmup, threads=threads, device=device,
                               json_path=json_path, bandwidth_bytes=bandwidth_bytes, echo=echo, log=log)
+    if adaptive:  # the adaptive order's cost (bench.adaptive): onnxruntime on the CPU
+        from .adaptive import run_adaptive_bench
+
+        if precisions or gpu_only or device != "cpu":
+            raise DartrtError("--adaptive benches onnxruntime fp32 on the CPU; drop --precision, --gpu-only, --device")
+        return run_adaptive_bench(pkg_dir, sizes, repeats, cfg, warmup=warmup, threads=threads, candidates=candidates,
+                                  cells=cells, json_path=json_path, bandwidth_bytes=bandwidth_bytes, echo=echo, log=log)
     info = manifest.info
     roofline = Roofline.from_manifest(manifest)
     if info.seq_len < 3:

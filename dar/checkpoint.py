@@ -21,11 +21,12 @@ from dartrt.runtime.fileio import atomic_write, atomic_write_json
 from .config import ModelConfig, get_preset
 from .importers import load_checked
 from .model import Transformer, build_model
-from .vq import VQ_PRESETS, VQConfig, VQDecoder, build_vq_decoder
+from .vq import VQ_PRESETS, VQConfig, VQDecoder, VQEncoder, build_vq_decoder
 
 FORMAT = "dartrt-checkpoint"
 VERSION = 1
 BUNDLED = DEMO
+ENCODER_FILE = "vq_encoder.safetensors"  # optional: the VQ's encode path (editing from images)
 
 
 @dataclass
@@ -36,13 +37,16 @@ class Checkpoint:
     vq: VQDecoder
     image_size: int
     source: str
+    vq_encoder: VQEncoder | None = None  # editing from images (vq_encoder.safetensors), when the VQ kept one
 
     @property
     def config(self) -> ModelConfig:
         return self.model.cfg
 
 
-def save_checkpoint(folder: str | Path, model: Transformer, vq: VQDecoder, image_size: int) -> None:
+def save_checkpoint(folder: str | Path, model: Transformer, vq: VQDecoder, image_size: int,
+                    vq_encoder: VQEncoder | None = None) -> None:
+    """``vq_encoder`` (optional) is written as vq_encoder.safetensors, for editing from images."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "image_size": int(image_size),
@@ -51,6 +55,9 @@ def save_checkpoint(folder: str | Path, model: Transformer, vq: VQDecoder, image
     atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p))
     vq_tensors = {k: v.detach().contiguous().cpu() for k, v in vq.state_dict().items()}
     atomic_write(folder / "vq.safetensors", lambda p: save_file(vq_tensors, p))
+    if vq_encoder is not None:
+        enc_tensors = {k: v.detach().contiguous().cpu() for k, v in vq_encoder.weights().items()}
+        atomic_write(folder / ENCODER_FILE, lambda p: save_file(enc_tensors, p))
     atomic_write_json(folder / "config.json", meta)
 
 
@@ -94,7 +101,14 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
     model.rope_cos, model.rope_sin = _rope(cfg)
     vq = build_vq_decoder(vq_cfg, "meta").to_empty(device="cpu")
     load_checked(vq, read_tensors(folder / "vq.safetensors"), str(folder / "vq.safetensors"))
-    return Checkpoint(model.eval(), vq.eval(), image_size, str(folder))
+    encoder = None
+    if (folder / ENCODER_FILE).is_file():
+        encoder = VQEncoder(vq_cfg, quantize=vq.quantize)
+        weights = {**read_tensors(folder / ENCODER_FILE), **{f"quantize.{k}": v for k, v in
+                                                              vq.quantize.state_dict().items()}}
+        load_checked(encoder, weights, str(folder / ENCODER_FILE))
+        encoder.eval()
+    return Checkpoint(model.eval(), vq.eval(), image_size, str(folder), encoder)
 
 
 def _rope(cfg: ModelConfig):

@@ -7,7 +7,8 @@ import torch
 
 from dartrt.runtime.backend import ModelInfo
 from dartrt.runtime.contract import PAST, cache_names
-from dartrt.runtime.images import to_uint8
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.images import from_uint8, to_uint8
 
 from .checkpoint import Checkpoint
 from .model import commit_candidate
@@ -25,6 +26,7 @@ class TorchBackend:
         if hasattr(self.model, "tok_codebook"):
             self.model.tok_codebook = self.model.tok_codebook.float()
         self.vq = ckpt.vq.to(device=device)
+        self.vq_encoder = ckpt.vq_encoder.to(device=device) if ckpt.vq_encoder is not None else None
         self.device = torch.device(device)
         self.dtype = dtype
         self.info = ModelInfo.from_config(ckpt.config.to_dict(), ckpt.image_size)
@@ -68,6 +70,15 @@ class TorchBackend:
         """Write candidate choice[r]'s K/V rows of the last scoring call at slot write_index, in place."""
         write = torch.full((len(choice),), int(write_index), dtype=torch.long, device=self.device)
         self.caches = commit_candidate(self.caches, self._candidates, self._t(choice), write)
+
+    @torch.no_grad()
+    def encode_vq(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images [B, H, W, 3] → token grids [B, G, G] (the checkpoint's VQ encoder)."""
+        if self.vq_encoder is None:
+            raise DartrtError("this checkpoint has no VQ encoder (vq_encoder.safetensors), so it cannot turn an "
+                              "image into tokens; give the known tokens as a token grid instead (--tokens)")
+        x = torch.from_numpy(from_uint8(images)).to(self.device)
+        return self.vq_encoder.encode_indices(x).cpu().numpy().astype(np.int64)
 
     def cache_feed(self, prefix: str = PAST, rows: np.ndarray | None = None, fill: int | None = None
                    ) -> dict[str, np.ndarray]:

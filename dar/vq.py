@@ -25,6 +25,7 @@ __all__ = [
     "VQ_PRESETS",
     "VQConfig",
     "VQDecoder",
+    "VQEncoder",
     "VQLossTerms",
     "VQModel",
     "build_vq",
@@ -405,6 +406,42 @@ class VQDecoder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.decode_indices(ids)
+
+
+class VQEncoder(nn.Module):
+    """Encode path: ``encoder`` + ``quant_conv`` + the codebook (``quantize``, shared with the decoder).
+
+    For editing (docs/oar.md): an image becomes the token grid an any-order model continues. A checkpoint
+    stores its weights in ``vq_encoder.safetensors`` (``encoder.*``, ``quant_conv.*``; the codebook is the
+    decoder's), and the exporter writes it as the ``vq_encoder`` graph. ``encode_indices`` is straight-line
+    tensor code (convolutions, a normalisation, a matmul, an argmax), so it exports to a clean graph.
+    """
+
+    def __init__(self, config: VQConfig, *, encoder: nn.Module | None = None, quant_conv: nn.Conv2d | None = None,
+                 quantize: VectorQuantizer | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder if encoder is not None else (
+            PatchEncoder(config) if config.encoder == "patch" else Encoder(config))
+        self.quant_conv = quant_conv if quant_conv is not None else nn.Conv2d(config.z_channels, config.codebook_dim, 1)
+        self.quantize = quantize if quantize is not None else VectorQuantizer(config.codebook_size, config.codebook_dim)
+
+    @classmethod
+    def from_vqmodel(cls, model: VQModel) -> VQEncoder:
+        """An encoder that *shares* modules (and so weights) with ``model``."""
+        return cls(model.config, encoder=model.encoder, quant_conv=model.quant_conv, quantize=model.quantize)
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint stores for it: the encoder and quant_conv (the codebook is the decoder's)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("quantize.")}
+
+    def encode_indices(self, images: torch.Tensor) -> torch.Tensor:
+        """images [B,3,H,W] float in [-1, 1] -> code ids [B,G,G] int64 (nearest code by cosine)."""
+        z = F.normalize(self.quant_conv(self.encoder(images)).permute(0, 2, 3, 1), p=2, dim=-1)
+        return torch.argmax(z @ self.quantize.normalized_codebook().t(), dim=-1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encode_indices(images)
 
 
 @dataclass

@@ -35,8 +35,10 @@ from dartrt.runtime.contract import (
     StepTables,
     graph_io,
 )
+from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.metrics import FP32_IMAGE, FP32_STEP, Tolerance
 
+from .candidates import check_adaptive_export, export_editing_graphs
 from .graphs import DecodeGraph, PrefillGraph, VQDecoderGraph
 from .onnx_export import ExportedGraph, export_graph
 from .target import staging_folder
@@ -128,31 +130,40 @@ def export_decoder_graphs(model, folder: Path, opset: int = OPSET, check: bool =
 
 def export_package(ckpt: Checkpoint, out: str | Path, *, force: bool = False, opset: int = OPSET,
                    check: bool = True, log=print, external_data: bool | None = None,
-                   tolerance: Tolerance = FP32_STEP, image_tolerance: Tolerance = FP32_IMAGE) -> ExportReport:
+                   tolerance: Tolerance = FP32_STEP, image_tolerance: Tolerance = FP32_IMAGE,
+                   adaptive: bool | None = None) -> ExportReport:
     """Export ``ckpt`` to the package folder ``out``: built aside and renamed into place, under a lock;
     ``force`` replaces an existing dartrt package and nothing else (`dartrt.exporter.target`).
 
     ``external_data``: None decides by size (weights over 1 GiB go to ``<graph>.onnx.data``). ``tolerance``
     judges the step graphs against eager torch, ``image_tolerance`` the VQ decoder (`runtime.metrics`);
-    both are recorded in the manifest's ``export_check``."""
+    both are recorded in the manifest's ``export_check``. ``adaptive``: also export the adaptive-order
+    graphs (candidates, commit; `exporter.candidates`); None = when the model was trained for any order.
+    A VQ encoder in the checkpoint is exported as ``vq_encoder`` (editing from images)."""
     from dartrt.runtime.manifest import write_manifest
 
     if getattr(ckpt, "family", None) == "d-ar":  # D-AR: the AR graphs plus the tokenizer's (exporter.d_ar)
         from .d_ar import export_d_ar_package
 
+        if adaptive:
+            raise DartrtError("a D-AR model (1D RoPE) cannot choose its order: no adaptive-order graphs")
+
         return ExportReport(*export_d_ar_package(ckpt, out, force=force, opset=opset, check=check, log=log,
                                                  external_data=external_data, tolerance=tolerance))
+    check_adaptive_export(ckpt.config, adaptive)
     out = Path(out)
     source = Path(ckpt.source) if Path(ckpt.source).is_dir() else None
     start = time.perf_counter()
     model = ckpt.model.float().eval()
     with staging_folder(out, force, source) as tmp:
-        graphs = export_decoder_graphs(model, tmp, opset, check, external_data, tolerance)
+        external = _weight_bytes(model) > EXTERNAL_DATA_BYTES if external_data is None else external_data
+        graphs = export_decoder_graphs(model, tmp, opset, check, external, tolerance)
         for name, g in graphs.items():
             log(f"  {name}: exported in {g.seconds:.1f}s, onnxruntime vs torch max-abs {g.max_abs_err:.2e}")
         graphs[VQ_DECODER] = export_vq(ckpt, tmp, opset, check, image_tolerance)
         log(f"  vq_decoder: exported in {graphs[VQ_DECODER].seconds:.1f}s, "
             f"max-abs {graphs[VQ_DECODER].max_abs_err:.2e}")
+        graphs.update(export_editing_graphs(ckpt, model, tmp, opset, check, external, tolerance, adaptive, log))
         cfg = model.cfg
         manifest = {
             "model": cfg.to_dict(), "vq": ckpt.vq.config.to_dict(), "image_size": ckpt.image_size,

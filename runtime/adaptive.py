@@ -131,6 +131,8 @@ def check_adaptive_model(backend: Backend, allow_untrained: bool = False) -> Non
     if missing:
         raise DartrtError(f"the {backend.name} backend cannot run an adaptive order (no {missing[0]}); use "
                           "onnxruntime or the torch reference")
+    if hasattr(backend, "adaptive_graphs"):  # a package: its candidate graphs exist (else one line, up front)
+        backend.adaptive_graphs()
 
 
 def sample_adaptive(backend: AdaptiveBackend, request: Request, settings: AdaptiveSettings = AdaptiveSettings(),

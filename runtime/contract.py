@@ -16,6 +16,17 @@ Decoder graphs (``prefill``, ``decode``), R rows, S new tokens, T_max cache slot
 
 VQ decoder: ``token_grid [B, G, G]`` int64 → ``image [B, 3, H, W]`` float32 in about [-1, 1].
 
+Adaptive order (OAR, docs/oar.md), for 4D-RoPE models:
+
+- ``candidates``: the step inputs with ``input_ids [R, 1]`` (the last token, at slot ``write_index``),
+  ``positions [R, C, 4]`` and ``direction [R, C]`` (one per candidate next cell), the AdaLN table and the
+  caches (read only) → ``logits [R, C, V]`` and per layer ``candidate.{i}.key|value [R, H, C, D]``;
+- ``commit``: ``choice [R]`` int64 (a candidate index), ``write_index [R]``, the candidate rows and the
+  caches → ``present.{i}.*``, bound in place like decode's: one [R, H, 1, D] row written per cache.
+
+VQ encoder (editing, when the checkpoint's VQ has one): ``image [B, 3, H, W]`` float32 in [-1, 1] →
+``token_grid [B, G, G]`` int64.
+
 Rows with classifier-free guidance: R = 2B, the B conditional rows first, then the same images'
 null-class rows (class id ``num_classes``); both halves are fed the same tokens and positions.
 """
@@ -34,6 +45,10 @@ OPSET = 24
 MIN_OPSET, MAX_OPSET = 18, 25
 
 PREFILL, DECODE, VQ_DECODER = "prefill", "decode", "vq_decoder"
+# Adaptive order (OAR, docs/oar.md) and editing: optional graphs, exported for 4D-RoPE models (candidates,
+# commit) and for a VQ with an encoder (vq_encoder); a package without them runs every fixed order.
+CANDIDATES, COMMIT, VQ_ENCODER = "candidates", "commit", "vq_encoder"
+ADAPTIVE_GRAPHS = (CANDIDATES, COMMIT)
 DECODER_GRAPHS = (PREFILL, DECODE)
 ALL_GRAPHS = (PREFILL, DECODE, VQ_DECODER)
 
@@ -43,8 +58,9 @@ MODULATION = "adaln_modulation"
 LOGITS = "logits"
 PAST, PRESENT = "past_key_values", "present"
 TOKEN_GRID, IMAGE = "token_grid", "image"
-# Symbolic dims of the exported graphs (batch rows, new tokens).
-BATCH_DIM, SEQ_DIM = "batch", "seq"
+CANDIDATE, CHOICE = "candidate", "choice"  # candidate.{i}.key|value rows; the commit's chosen candidate
+# Symbolic dims of the exported graphs (batch rows, new tokens, candidate cells).
+BATCH_DIM, SEQ_DIM, CANDIDATES_DIM = "batch", "seq", "candidates"
 
 
 def cache_names(n_layer: int, prefix: str = PAST) -> list[str]:
@@ -79,6 +95,13 @@ def graph_io(graph: str, n_layer: int, adaln: bool) -> GraphIO:
         return GraphIO((*STEP_INPUTS, *mod, *past), (LOGITS, *present))
     if graph == VQ_DECODER:
         return GraphIO((TOKEN_GRID,), (IMAGE,))
+    rows = cache_names(n_layer, CANDIDATE)
+    if graph == CANDIDATES:  # the caches are read only: no present outputs
+        return GraphIO((*STEP_INPUTS, *mod, *past), (LOGITS, *rows))
+    if graph == COMMIT:
+        return GraphIO((CHOICE, WRITE_INDEX, *rows, *past), tuple(present))
+    if graph == VQ_ENCODER:
+        return GraphIO((IMAGE,), (TOKEN_GRID,))
     raise ValueError(f"unknown graph {graph!r}")
 
 

@@ -24,6 +24,14 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(127.5 * x + 128.0, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def from_uint8(images: np.ndarray) -> np.ndarray:
+    """uint8 [B, H, W, 3] → float32 [B, 3, H, W] in [-1, 1] (x / 127.5 - 1, the VQ's training input)."""
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise DartrtError(f"expected uint8 [B, H, W, 3] images, got {arr.dtype.name} {list(arr.shape)}")
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
 def save_png(image: Image.Image, path: str | Path) -> None:
     """Write a PNG atomically."""
     atomic_write(path, lambda p: image.save(p, format="PNG"))

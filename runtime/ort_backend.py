@@ -179,10 +179,14 @@ class OrtBackend:
         io.synchronize_inputs()
         self.sessions[graph].run_with_iobinding(io)
         io.synchronize_outputs()
+        self.swap_caches()
+        return np.array(logits.numpy()[:, -1], dtype=np.float32)
+
+    def swap_caches(self) -> None:
+        """After a call that wrote the caches: without aliasing, the spares now hold them (ping-pong)."""
         if not self.alias_cache:
             self._caches, self._spare = self._spare, self._caches
             self._bind_caches(self._io[DECODE])
-        return np.array(logits.numpy()[:, -1], dtype=np.float32)
 
     # ---- Backend protocol ---------------------------------------------------------------------------
     def prefill(self, class_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray) -> np.ndarray:
@@ -212,6 +216,33 @@ class OrtBackend:
     def decode_vq(self, grids: np.ndarray) -> np.ndarray:
         image = self.sessions[VQ_DECODER].run([IMAGE], {TOKEN_GRID: np.ascontiguousarray(grids, dtype=np.int64)})
         return to_uint8(image[0])
+
+    # ---- adaptive order and editing (runtime.adaptive): graphs opened on first use (runtime.ort_adaptive) --
+    def score_candidates(self, token_ids: np.ndarray, positions: np.ndarray, direction: np.ndarray,
+                         write_index: int) -> np.ndarray:
+        """The last token [R, 1] at slot write_index with C candidate next cells → logits [R, C, V]."""
+        check_step_rows(len(token_ids), self._rows)
+        return self.adaptive_graphs().score(token_ids, positions, direction, write_index)
+
+    def commit(self, choice: np.ndarray, write_index: int) -> None:
+        """Write candidate choice[r]'s K/V rows of the last scoring call at slot write_index, in place."""
+        self.adaptive_graphs().commit(choice, write_index)
+
+    def encode_vq(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images [B, H, W, 3] → token grids [B, G, G] (the package's VQ encoder graph)."""
+        if getattr(self, "_encoder", None) is None:
+            from .ort_adaptive import OrtEncoder
+
+            self._encoder = OrtEncoder(self)
+        return self._encoder.encode(images)
+
+    def adaptive_graphs(self):
+        """The candidates and commit graphs, opened once (one line if the package lacks them)."""
+        if getattr(self, "_candidate_graphs", None) is None:
+            from .ort_adaptive import OrtCandidateGraphs
+
+            self._candidate_graphs = OrtCandidateGraphs(self)
+        return self._candidate_graphs
 
     # ---- introspection (tests, bench) -----------------------------------------------------------------
     def cache_arrays(self, layer: int) -> tuple[np.ndarray, np.ndarray]:

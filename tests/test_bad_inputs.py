@@ -102,6 +102,55 @@ CLI_CASES = [
          ("generate", "{pkg}", "--order", "{files}/order15.npy", "-o", "{out}"), "order has 15 cells"),
     Case("order-missing", "`--order` file that does not exist",
          ("generate", "{pkg}", "--order", "{files}/nowhere.npy", "-o", "{out}"), "order file not found"),
+    # adaptive order and editing (docs/oar.md)
+    Case("adaptive-untrained", "`--order adaptive` on a model not trained for any order",
+         ("generate", "{pkg}", "--order", "adaptive", "-o", "{out}"), "was not trained for any order"),
+    Case("adaptive-2d-rope", "`generate tiny-llamagen --order adaptive --allow-untrained` (2D RoPE)",
+         ("generate", "tiny-llamagen", "--order", "adaptive", "--allow-untrained", "-o", "{out}"), "4D RoPE"),
+    Case("adaptive-no-graphs", "`--order adaptive --allow-untrained`, package without the candidate graphs",
+         ("generate", "{pkg}", "--order", "adaptive", "--allow-untrained", "-o", "{out}"),
+         "has no 'candidates' graph"),
+    Case("candidates-zero", "`--order adaptive --candidates 0`",
+         ("generate", "{pkg}", "--order", "adaptive", "--candidates", "0", "-o", "{out}"),
+         "candidates must be an integer >= 1 and <= 64"),
+    Case("candidates-too-many", "`--order adaptive --candidates 65` (64 cells)",
+         ("generate", "{pkg}", "--order", "adaptive", "--candidates", "65", "-o", "{out}"),
+         "candidates must be an integer >= 1 and <= 64"),
+    Case("candidates-fixed-order", "`--candidates 8` with a fixed order",
+         ("generate", "{pkg}", "--candidates", "8", "-o", "{out}"), "applies to order='adaptive'"),
+    Case("confidence-unknown", "`--order adaptive --confidence sure`",
+         ("generate", "{pkg}", "--order", "adaptive", "--confidence", "sure", "-o", "{out}"),
+         "confidence must be one of max-prob, neg-entropy"),
+    Case("cells-per-step-zero", "`--order adaptive --cells-per-step 0`",
+         ("generate", "{pkg}", "--order", "adaptive", "--cells-per-step", "0", "-o", "{out}"),
+         "cells_per_step must be an integer >= 1"),
+    Case("cells-schedule-unknown", "`--order adaptive --cells-schedule cosine`",
+         ("generate", "{pkg}", "--order", "adaptive", "--cells-schedule", "cosine", "-o", "{out}"),
+         "cells_schedule must be one of constant, linear"),
+    Case("allow-untrained-fixed", "`--allow-untrained` with a fixed order",
+         ("generate", "{pkg}", "--allow-untrained", "-o", "{out}"), "--allow-untrained applies to"),
+    Case("mask-wrong-size", "`--mask` of 8x8 pixels (images are 16x16)",
+         ("generate", "{pkg}", "--mask", "{files}/mask8.png", "--tokens", "{files}/grid.npy", "-o", "{out}"),
+         "the mask is 8x8 pixels but the model's images are 16x16"),
+    Case("mask-alone", "`--mask` without `--tokens` or `--image`",
+         ("generate", "{pkg}", "--mask", "{files}/mask16.png", "-o", "{out}"), "from a token grid or from an image"),
+    Case("tokens-without-mask", "`--tokens` without `--mask`",
+         ("generate", "{pkg}", "--tokens", "{files}/grid.npy", "-o", "{out}"), "editing needs a mask"),
+    Case("mask-keeps-all", "`--mask` all black (nothing to generate)",
+         ("generate", "{pkg}", "--mask", "{files}/black16.png", "--tokens", "{files}/grid.npy", "-o", "{out}"),
+         "the mask keeps every cell"),
+    Case("mask-not-an-image", "`--mask` a file that is not an image",
+         ("generate", "{pkg}", "--mask", "{files}/afile", "--tokens", "{files}/grid.npy", "-o", "{out}"),
+         "cannot read the mask"),
+    Case("tokens-out-of-range", "`--tokens` with ids >= the vocabulary (512)",
+         ("generate", "{pkg}", "--mask", "{files}/mask16.png", "--tokens", "{files}/grid600.npy", "-o", "{out}"),
+         "known tokens must be in [0, 512)"),
+    Case("tokens-wrong-shape", "`--tokens` of shape [7, 7] (grid 8)",
+         ("generate", "{pkg}", "--mask", "{files}/mask16.png", "--tokens", "{files}/grid7.npy", "-o", "{out}"),
+         "known tokens have shape [7, 7]"),
+    Case("image-wrong-size", "`--image` of 8x8 pixels",
+         ("generate", "{pkg}", "--mask", "{files}/mask16.png", "--image", "{files}/mask8.png", "--allow-untrained",
+          "-o", "{out}"), "the image is 8x8 pixels"),
     # sources and files
     Case("source-missing", "`generate PATH` (no such path)", ("generate", "{files}/nowhere", "-o", "{out}"),
          "does not exist: give a package folder"),
@@ -169,12 +218,27 @@ def files(tmp_path_factory, tiny_dar_package):
     np.save(root / "objects.npy", np.array([{"a": 1}] * 256, dtype=object), allow_pickle=True)
     (root / "empty.npy").write_bytes(b"")
     np.save(root / "order15.npy", np.arange(15))
+    _edit_files(root)
     shutil.copytree(tiny_dar_package, root / "edited")
     manifest = root / "edited" / "manifest.json"
     data = json.loads(manifest.read_text())
     data["model"]["num_classes"] = 20
     manifest.write_text(json.dumps(data, indent=2))
     return root
+
+
+def _edit_files(root: Path) -> None:
+    """Masks (16x16 is the tiny DAR's image size), token grids and an image for the editing cases."""
+    from PIL import Image
+
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:12, 4:12] = 255
+    Image.fromarray(mask).save(root / "mask16.png")
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(root / "black16.png")
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "mask8.png")
+    np.save(root / "grid.npy", np.zeros((8, 8), dtype=np.int64))
+    np.save(root / "grid600.npy", np.full((8, 8), 600, dtype=np.int64))
+    np.save(root / "grid7.npy", np.zeros((7, 7), dtype=np.int64))
 
 
 def _nan_checkpoints(root: Path, ckpt) -> None:
@@ -256,6 +320,21 @@ API_CASES = [
     ("seed-float", "generate(b, [0], seed=1.7)", dict(seed=1.7), "seed must be an integer >= 0"),
     ("on-step-int", "generate(b, [0], on_step=5)", dict(on_step=5), "on_step must be a callable"),
     ("package-string", 'generate(b, "12")', dict(class_ids="12"), "class_ids must be a list of integers"),
+    ("adaptive-untrained-api", 'generate(b, [0], order="adaptive")', dict(order="adaptive"),
+     "was not trained for any order"),
+    ("candidates-float", 'generate(b, [0], order="adaptive", candidates=2.5)', dict(order="adaptive", candidates=2.5),
+     "candidates must be an integer >= 1"),
+    ("cells-per-step-huge", 'generate(b, [0], order="adaptive", cells_per_step=65)',
+     dict(order="adaptive", cells_per_step=65), "cells_per_step must be an integer >= 1 and <= 64"),
+    ("confidence-number", 'generate(b, [0], order="adaptive", confidence=1)', dict(order="adaptive", confidence=1),
+     "confidence must be one of max-prob, neg-entropy"),
+    ("mask-wrong-size-api", "generate(b, [0], known_tokens=zeros((8, 8), int), mask=ones((3, 3)))",
+     dict(known_tokens=np.zeros((8, 8), np.int64), mask=np.ones((3, 3))), "the mask is 3x3 pixels"),
+    ("known-tokens-float", "generate(b, [0], known_tokens=zeros((8, 8)), mask=M)",
+     dict(known_tokens=np.zeros((8, 8)), mask=np.full((16, 16), 255, np.uint8)), "known tokens must be an integer"),
+    ("image-grey", "generate(b, [0], image=zeros((16, 16)), mask=M)",
+     dict(image=np.zeros((16, 16), np.uint8), mask=np.full((16, 16), 255, np.uint8), allow_untrained=True),
+     "the image must be RGB uint8 [H, W, 3]"),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from dartrt.extras import require
+from dartrt.runtime.errors import DartrtError
 
 from .common import check_json_path, json_option, one_line_errors, threads_option
 
@@ -36,20 +37,31 @@ from .common import check_json_path, json_option, one_line_errors, threads_optio
 @click.option("--gpu-compile", is_flag=True,
               help="GPU section: also time the torch.compile'd decode step replayed from a CUDA graph (gpt-fast's "
                    "recipe, the reference at its fastest); compiling takes tens of seconds per dtype and batch.")
+@click.option("--adaptive", is_flag=True,
+              help="Bench the adaptive order instead (onnxruntime, CPU): per image, the fixed order against adaptive "
+                   "(every free cell), pruned (--candidates) and several cells per step (--cells-per-step), next to "
+                   "the compute (MatMul rate) and bandwidth floors. Needs a package with the adaptive-order graphs.")
+@click.option("--candidates", "candidates", type=click.IntRange(min=1), multiple=True,
+              help="With --adaptive: also time pruning to N candidates, 1 <= N <= G*G (repeatable; default G*G/16).")
+@click.option("--cells-per-step", "cells", type=click.IntRange(min=1), multiple=True,
+              help="With --adaptive: also time K cells per step, 1 <= K <= G*G (repeatable).")
 @one_line_errors
 def bench(package, batches, repeats, warmup, json_path, source, no_torch, no_cfg, device, threads, precisions,
-          gpu_only, gpu_dtypes, gpu_compile):
+          gpu_only, gpu_dtypes, gpu_compile, adaptive, candidates, cells):
     """Latency of PACKAGE: onnxruntime vs the torch reference, interleaved in one run, next to the
     memory-bandwidth floor measured in the same run (and torch eager vs CUDA graph on a GPU).
     With --precision, INT8 variants run in the same round-robin, priced by their own weight bytes."""
     check_json_path(json_path)
+    if (candidates or cells) and not adaptive:
+        raise DartrtError("--candidates and --cells-per-step go with --adaptive")
     against = "" if no_torch else " against the torch reference (--no-torch times onnxruntime alone)"
-    require(("onnx",) if no_torch else ("onnx", "torch", "safetensors"), f"`dartrt bench`{against}")
+    require(("onnx",) if no_torch or adaptive else ("onnx", "torch", "safetensors"), f"`dartrt bench`{against}")
     from dartrt.bench.suite import run_bench
 
     run_bench(package, batch_sizes=batches or (1, 8), repeats=repeats, cfg=not no_cfg, source=source,
               device=device, json_path=json_path, warmup=warmup, threads=threads, use_torch=not no_torch,
               precisions=precisions, gpu_only=gpu_only, gpu_dtypes=gpu_dtypes or ("float32", "bfloat16"),
-              gpu_compile=gpu_compile, echo=click.echo, log=lambda line: click.echo(f"bench: {line}", err=True))
+              gpu_compile=gpu_compile, echo=click.echo, log=lambda line: click.echo(f"bench: {line}", err=True),
+              adaptive=adaptive, candidates=candidates, cells=cells)
     if json_path:
         click.echo(f"wrote {json_path}")

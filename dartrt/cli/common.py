@@ -122,8 +122,9 @@ def generation_options(fn):
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed, >= 0: image i draws from its own generator seeded by (seed, i)."),
         click.option("--order", default=None,
-                     help="Scan order: diagonal | diagonal-mirror | raster, or a .npy file of integers: G*G cell "
-                          "indices r*G+c, or [G*G, 2] (row, col) pairs. Default: the model's."),
+                     help="Scan order: diagonal | diagonal-mirror | raster, adaptive (the model chooses each image's "
+                          "order; any-order models), or a .npy file of integers: G*G cell indices r*G+c, or "
+                          "[G*G, 2] (row, col) pairs. Default: the model's."),
         click.option("--top-k", type=int, default=None,
                      help="Keep the k most likely tokens, >= 0 (0 = off). Default: the model's."),
         click.option("--top-p", type=float, default=None,

@@ -62,9 +62,12 @@ def convert_d_ar(tokenizer_path, gpt_path, preset, gpt_weights, out):
 @click.option("--force", is_flag=True,
               help="Replace OUT if it is a dartrt package. Nothing else is ever replaced: a folder with other "
                    "files, or the checkpoint being exported, is refused.")
+@click.option("--adaptive/--no-adaptive", default=None,
+              help="Also export the adaptive-order graphs (candidates, commit: docs/oar.md), 4D-RoPE models only. "
+                   "Default: when the model's config says it was trained for any order.")
 @tolerance_options
 @one_line_errors
-def export_cmd(source, out, opset, force, atol, rtol):
+def export_cmd(source, out, opset, force, adaptive, atol, rtol):
     """Export SOURCE (checkpoint folder, preset, or the bundled model) to an ONNX package; every graph is
     checked in onnxruntime against eager torch under --atol/--rtol before the package is written."""
     require(EXPORT_MODULES, "`dartrt export`")
@@ -82,5 +85,5 @@ def export_cmd(source, out, opset, force, atol, rtol):
     tolerance = Tolerance(atol, rtol)
     image = Tolerance(max(FP32_IMAGE.atol, atol), max(FP32_IMAGE.rtol, rtol))
     report = export_package(ckpt, out, force=force, opset=opset, log=click.echo, tolerance=tolerance,
-                            image_tolerance=image)
+                            image_tolerance=image, adaptive=adaptive)
     click.echo(f"wrote {report.package} in {report.seconds:.1f}s")

@@ -18,6 +18,7 @@ import click
 
 from dartrt.runtime.errors import DartrtError
 
+from .adaptive import Progress, adaptive_options, adaptive_plan, save_npy
 from .common import (
     SOURCE_BACKENDS,
     backend_option,
@@ -29,7 +30,7 @@ from .common import (
     threads_option,
 )
 
-OURS = re.compile(r"^(\d{4,}_class\d+\.png|grid\.png)$")
+OURS = re.compile(r"^(\d{4,}_class\d+\.png|grid\.png|orders\.npy|grids\.npy)$")
 
 
 def image_name(index: int, class_id: int) -> str:
@@ -74,15 +75,19 @@ def check_output_folder(out: Path, overwrite: bool) -> list[Path]:
               help="Remove an earlier run's images from --out first (only files named like generate's output).")
 @click.option("--previews", is_flag=True,
               help="D-AR only: also write previews/group{k}.png, every image after group k of its tokens.")
+@adaptive_options
 @one_line_errors
 def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k, top_p, temperature,
-             batch_size, backend, dtype, precision, threads, out, overwrite, previews):
+             batch_size, backend, dtype, precision, threads, out, overwrite, previews, confidence, candidates,
+             cells_per_step, cells_schedule, edit_image, mask, known_tokens, allow_untrained):
     """Generate images from SOURCE: a package, a checkpoint folder, a preset (random weights), or
     nothing for the bundled demo model. Writes one PNG per image, as each batch finishes, and a labelled
-    grid.png at the end."""
+    grid.png at the end. With --order adaptive or an edit (--mask with --image or --tokens) it also writes
+    orders.npy (every image's order, [n, G*G, 2] (row, col)) and grids.npy (its tokens, [n, G, G])."""
     import numpy as np
     from tqdm import tqdm
 
+    from dartrt.runtime.adaptive import run_adaptive
     from dartrt.runtime.images import make_grid, save_png
     from dartrt.runtime.pipeline import run_request
     from dartrt.runtime.scheduler import build_request
@@ -94,9 +99,12 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
     if previews and getattr(engine, "family", None) != "d-ar":  # D-AR's decoder makes them (runtime.d_ar)
         raise DartrtError("--previews is for D-AR packages and checkpoints, whose decoder runs group by group")
     groups: dict[int, list] = {}  # --previews: group k → every image's preview after k groups
-    request = build_request(engine, list(classes) if classes else list(range(info.num_classes)),
-                            n_per_class=n_per_class, cfg=cfg, cfg_schedule=cfg_schedule, order=load_order(order),
-                            seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, batch_size=batch_size)
+    class_ids = list(classes) if classes else list(range(info.num_classes))
+    sampling = dict(n_per_class=n_per_class, cfg=cfg, cfg_schedule=cfg_schedule, seed=seed, temperature=temperature,
+                    top_k=top_k, top_p=top_p, batch_size=batch_size)
+    plan = adaptive_plan(engine, class_ids, load_order(order), sampling, confidence, candidates, cells_per_step,
+                         cells_schedule, edit_image, mask, known_tokens, allow_untrained)
+    request = plan.request if plan else build_request(engine, class_ids, order=load_order(order), **sampling)
     for stale in earlier:
         stale.unlink(missing_ok=True)
     created = not out_dir.exists()
@@ -104,7 +112,7 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
     images = request.images
     bar = tqdm(total=len(images), unit="image", desc=f"generate ({engine.name})", file=sys.stderr,
                bar_format="{l_bar}{bar}| {n:.1f}/{total} images [{elapsed}<{remaining}]")
-    pixels, written = [], 0
+    pixels, written, chosen = [], 0, []
     try:
         for first in range(0, len(images), batch_size):
             chunk = images[first:first + batch_size]
@@ -113,8 +121,13 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
             def on_step(done: int, total: int, size: int = len(chunk)) -> None:
                 bar.update(size / total)
 
-            result = run_request(engine, batch, on_step,
-                                 (lambda k, ims: groups.setdefault(k, []).extend(ims)) if previews else None)
+            if plan:
+                result = run_adaptive(engine, batch, plan.settings, Progress(bar, len(chunk)),
+                                      plan.batch_edit(first, len(chunk)))
+                chosen.append((result.orders, result.grids))
+            else:
+                result = run_request(engine, batch, on_step,
+                                     (lambda k, ims: groups.setdefault(k, []).extend(ims)) if previews else None)
             for offset, (image, class_id) in enumerate(zip(result.images, result.class_ids)):
                 save_png(image, out_dir / image_name(first + offset, class_id))
                 pixels.append(np.asarray(image))
@@ -131,8 +144,12 @@ def generate(source, classes, n_per_class, cfg, cfg_schedule, seed, order, top_k
     bar.close()
     labels = [info.class_name(c) for c in request.class_ids[::n_per_class]]
     save_png(make_grid(np.stack(pixels), nrow=n_per_class, labels=labels), out_dir / "grid.png")
+    if chosen:
+        save_npy(out_dir / "orders.npy", np.concatenate([o for o, _ in chosen]))
+        save_npy(out_dir / "grids.npy", np.concatenate([g for _, g in chosen]))
     if previews:
         from .d_ar import write_previews
 
         write_previews(out_dir / "previews", [groups[k] for k in sorted(groups)], nrow=n_per_class)
-    click.echo(f"wrote {written} images and grid.png to {out_dir}")
+    extra = ", orders.npy and grids.npy" if chosen else ""
+    click.echo(f"wrote {written} images and grid.png{extra} to {out_dir}")
