@@ -232,3 +232,14 @@ def test_bench_adaptive_reports_costs_and_bounds(anyorder, tmp_path):
     assert sides["adaptive"]["bound"] == "compute" and sides["fixed"]["bound"] == "bandwidth"
     assert sides["adaptive, 4 candidates"]["flops"] < sides["adaptive"]["flops"]
     assert (tmp_path / "b.json").is_file()
+
+
+def test_verify_runs_the_adaptive_rungs(pair):
+    from dartrt.verify.adaptive import adaptive_checks
+    from dartrt.verify.checks import ParitySettings
+
+    ref, ort_b = pair
+    checks = adaptive_checks(ref, ort_b, ParitySettings(seeds=1), FP32_STEP)
+    assert [c.name for c in checks] == ["adaptive:step", "adaptive:greedy", "adaptive:sampling"]
+    assert all(c.passed for c in checks), [(c.name, c.figure, c.detail) for c in checks]
+    assert checks[0].figure <= 1e-4 and "128 calls" in checks[0].detail  # 2 runs x (prefill + 63 scoring calls)

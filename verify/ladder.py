@@ -7,10 +7,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dartrt.runtime.backend import Backend
-from dartrt.runtime.contract import DECODE
+from dartrt.runtime.contract import CANDIDATES, DECODE
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.manifest import Manifest
 
+from .adaptive import adaptive_checks
 from .checks import Check, GraphHook, ParityReport, ParitySettings, skipped
 from .polygraphy_rung import polygraphy_check
 from .rungs import _generation_runs, graph_checks, image_check, sequence_checks, step_check
@@ -41,6 +42,9 @@ def run_ladder(manifest: Manifest, reference, backend: Backend, settings: Parity
     checks += sequence_checks(runs, settings, precision)
     say("image decode")
     checks.append(image_check(reference, backend, runs.grids[:settings.images]))
+    if CANDIDATES in manifest.data["graphs"] and precision == "fp32" and hasattr(backend, "score_candidates"):
+        say("adaptive order: candidate calls in lockstep, then each side on its own")
+        checks += adaptive_checks(reference, backend, settings, settings.tolerance)
     if precision != "fp32":
         checks.append(skipped("polygraphy:decode", settings.tolerance.describe(),
                               f"its only bound is fp32's; {precision} is judged by step:top1"))
