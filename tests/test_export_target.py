@@ -113,17 +113,20 @@ def test_stale_temp_folders_of_the_target_are_removed(tmp_path):
     assert load_manifest(out)["model"]["name"] == "tiny-dar"
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_an_interrupted_export_removes_its_temp_folder(tmp_path, sig, code):
+# Two moments: early (torch's exporter still lazily importing, where a KeyboardInterrupt used to come
+# out as torch's own AttributeError report) and later in the export itself.
+@pytest.mark.parametrize("sig, delay", [(signal.SIGTERM, 0.5), (signal.SIGINT, 0.5), (signal.SIGINT, 1.5)])
+def test_an_interrupted_export_removes_its_temp_folder(tmp_path, sig, delay):
     proc = subprocess.Popen([sys.executable, "-m", "dartrt.cli", "export", "tiny-dar", "-o", str(tmp_path / "pkg")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 90
     while not leftovers(tmp_path) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert leftovers(tmp_path), "the export never created its temp folder"
-    time.sleep(0.5)
+    time.sleep(delay)
     os.kill(proc.pid, sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == code, err[-2000:]
+    # The script ends by the signal after cleaning up (the shell shows 130 / 143), every time.
+    assert proc.returncode == -sig, err[-2000:]
     assert err.strip().splitlines()[-1] in ("terminated", "interrupted") and "Traceback" not in err
     assert not leftovers(tmp_path) and not (tmp_path / "pkg").exists()

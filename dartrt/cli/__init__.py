@@ -8,6 +8,9 @@ by the commands that need them.
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
 import sys
 
 import click
@@ -58,4 +61,30 @@ main.add_command(bench_serve_cmd)
 for command in (decode_cmd, train_demo_dar_cmd, eval_demo_dar_cmd):  # D-AR (dartrt.cli.d_ar)
     main.add_command(command)
 
-__all__ = ["main"]
+
+def run() -> None:
+    """The `dartrt` script: `main`, and a command stopped by Ctrl-C or SIGTERM (which cleaned up and
+    exited 130 or 143) ends the process by that signal once the interpreter's exit handlers ran, the
+    POSIX convention CPython follows for an uncaught Ctrl-C: the shell still shows 130/143, and a parent
+    process sees a signal death every time (CPython alone would turn some exits into one, depending on
+    where the signal landed)."""
+    stopped_by: list[signal.Signals] = []
+
+    def die_by_signal() -> None:  # registered first, so it runs after every later exit handler
+        if stopped_by:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(stopped_by[0], signal.SIG_DFL)
+            os.kill(os.getpid(), stopped_by[0])
+
+    atexit.register(die_by_signal)
+    try:
+        main()
+    except SystemExit as exc:
+        signals = {130: signal.SIGINT, 143: signal.SIGTERM}
+        if exc.code in signals:
+            stopped_by.append(signals[exc.code])
+        raise
+
+
+__all__ = ["main", "run"]

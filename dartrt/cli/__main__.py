@@ -1,5 +1,5 @@
 """``python -m dartrt.cli``: the same as the ``dartrt`` script."""
 
-from . import main
+from . import run
 
-main()
+run()

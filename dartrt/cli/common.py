@@ -35,40 +35,60 @@ class Terminated(BaseException):
     export removes its temp folder) as it does for Ctrl-C."""
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+# The signal that stopped the running command, if any. A library may turn the exception a signal raised
+# into an error of its own (torch's exporter reports a half-imported module when Ctrl-C lands in one of
+# its lazy imports); once a signal came, whatever unwinds is reported as the interruption it is.
+_received: signal.Signals | None = None
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _on_signal(signum: int, frame) -> None:
+    global _received
+    _received = signal.Signals(signum)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 @contextlib.contextmanager
-def _sigterm_as_exception() -> Iterator[None]:
+def _signals_as_exceptions() -> Iterator[None]:
+    global _received
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    _received = None
+    previous = {sig: signal.signal(sig, _on_signal) for sig in EXIT_STATUS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _report_signal(sig: signal.Signals) -> None:
+    click.echo("\ninterrupted" if sig == signal.SIGINT else "\nterminated", err=True)
+    sys.exit(EXIT_STATUS[sig])
 
 
 def one_line_errors(fn):
     """Report user-facing errors as a single line (exit 2) instead of a traceback; Ctrl-C and SIGTERM
-    clean up and say so on a line of their own (exit 130 and 143)."""
+    clean up and say so on a line of their own (exit status 130 and 143; `dartrt.cli.run` then ends the
+    process by the signal itself)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            with _sigterm_as_exception():
+            with _signals_as_exceptions():
                 return fn(*args, **kwargs)
+        except (KeyboardInterrupt, Terminated) as exc:
+            _report_signal(_received or (signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM))
         except DartrtError as exc:
+            if _received is not None:
+                _report_signal(_received)
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted", err=True)
-            sys.exit(130)
-        except Terminated:
-            click.echo("\nterminated", err=True)
-            sys.exit(143)
+        except Exception:
+            if _received is not None:
+                _report_signal(_received)
+            raise
 
     return wrapper
 
