@@ -8,5 +8,3 @@ installed wheel, so every command finds the same model either way.
 from pathlib import Path
 
 DEMO = Path(__file__).resolve().parent / "demo"
-# The trained D-AR demo (docs/d-ar.md): a D-AR checkpoint judged by DEMO's classifier.
-DEMO_DAR = Path(__file__).resolve().parent / "demo-dar"

@@ -39,6 +39,7 @@ D_AR_SCRIPT = BLOCK_TORCH + """
 import numpy as np
 from dartrt import runtime
 from dartrt.runtime import d_ar
+assert runtime.decode is d_ar.decode
 images = runtime.generate(sys.argv[1], [0, 1], seed=0, on_preview=lambda group, previews: None)
 tokens = np.zeros((1, 16), dtype=np.int64)
 decoded, previews = d_ar.decode(sys.argv[1], tokens, previews=True, output="float")

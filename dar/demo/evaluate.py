@@ -51,8 +51,11 @@ def per_class_fd_ratios(feats: np.ndarray, labels: np.ndarray, real_feats: np.nd
 
 def evaluate_backend(backend: Backend, classifier_dir: str | Path, n_per_class: int = 50,
                      cfgs: tuple[float, ...] | None = None, seed: int = 0, batch_size: int = 50,
-                     progress=None) -> dict:
-    """Metrics at each CFG scale (default: 1.0 and the model's default), plus the real-data floor."""
+                     progress=None, images_fn=generate_all_classes) -> dict:
+    """Metrics at each CFG scale (default: 1.0 and the model's default), plus the real-data floor.
+
+    ``images_fn(backend, n_per_class, cfg, seed, batch_size, progress)`` → (uint8 images, labels) makes the
+    images (default: `generate_all_classes`; the D-AR demo passes its own, which also keeps its previews)."""
     classifier = load_classifier(classifier_dir)
     reference = reference_features(classifier, REFERENCE_IMAGES, "heldout2")
     reference_labels = np.arange(REFERENCE_IMAGES) % NUM_CLASSES  # make_batch's label = index % classes
@@ -68,7 +71,7 @@ def evaluate_backend(backend: Backend, classifier_dir: str | Path, n_per_class: 
                     "real_heldout_frechet_mean_term": round(real_mean_term, 4), "by_cfg": {}}
     for cfg in cfgs:
         start = time.perf_counter()
-        images, labels = generate_all_classes(backend, n_per_class, cfg, seed, batch_size, progress)
+        images, labels = images_fn(backend, n_per_class, cfg, seed, batch_size, progress)
         feats, pred = classifier_features(classifier, images)
         per_class = {CLASS_NAMES[c]: float((pred[labels == c] == c).mean()) for c in range(NUM_CLASSES)}
         mean_term, spread_term = frechet_terms(feats, reference)

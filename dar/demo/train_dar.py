@@ -1,4 +1,5 @@
-"""Train the bundled demo DAR on VQ tokens of the procedural shapes, in the model's scan order."""
+"""Train the bundled demo DAR on VQ tokens of the procedural shapes, in the model's scan order (or, for an
+any-order model, each sequence in its own order: see ``TrainDAROptions.random_order_share``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from dartrt.runtime.orders import direction_ids, gather_from_grid, make_order, positions_table
+from dartrt.runtime.orders import START, direction_ids, gather_from_grid, make_order, positions_table
 
 from ..config import ModelConfig
 from ..model import Transformer, build_model
@@ -33,6 +34,11 @@ class TrainDAROptions:
     seed: int = 0
     # Wall-clock cap in seconds (compilation included); ``steps`` is then an upper bound. See `schedule`.
     time_budget_s: float | None = None
+    # Any-order training (docs/demo-anyorder.md): the share of sequences, in [0, 1], drawn in a uniformly
+    # random permutation of the grid; the rest keep the model's native order (or the per-image orders given
+    # to `train_dar`). Each sequence carries its own order through the 4D RoPE's current + next cells and the
+    # direction ids. 0 (the demo's recipe) trains the native order only, on the unchanged code path.
+    random_order_share: float = 0.0
 
 
 def schedule(step: int, elapsed_s: float, opts: TrainDAROptions) -> float:
@@ -51,6 +57,18 @@ def schedule(step: int, elapsed_s: float, opts: TrainDAROptions) -> float:
         progress = max(progress, elapsed_s / opts.time_budget_s)
     warm = min(1.0, (step + 1) / opts.warmup)
     return opts.lr * warm * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def order_tables(cells: torch.Tensor, grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scan orders as flat cells ``cells`` [B, N] (r*G + c, in visiting order) → 4D-RoPE positions [B, N, 4]
+    and direction ids [B, N]: row by row what `positions_table(order, G, "4d")` and `direction_ids(order)`
+    give, in torch, for the per-sequence orders of any-order training (tests check the equality)."""
+    rc = torch.stack([cells // grid, cells % grid], dim=-1)  # [B, N, 2]
+    cur = torch.cat([torch.full_like(rc[:, :1], grid), rc[:, :-1]], dim=1)  # the class token: sentinel G
+    step = torch.sign(rc[:, 1:] - rc[:, :-1])  # [B, N-1, 2], never (0, 0) in a permutation
+    code = (step[..., 0] + 1) * 3 + (step[..., 1] + 1)  # 0..8 with 4 the absent (0, 0): KING_MOVES' order
+    dirs = torch.cat([torch.full_like(code[:, :1], START), code - (code > 4).long()], dim=1)
+    return torch.cat([cur, rc], dim=-1), dirs
 
 
 def init_for_training(model: Transformer) -> None:
@@ -164,21 +182,28 @@ def set_learning_rates(optimizers: list[torch.optim.Optimizer], lr: float, opts:
             group["lr"] = lr * scale
 
 
-def train_dar(cfg: ModelConfig, codebook: torch.Tensor, token_grids: np.ndarray, labels: np.ndarray,
+def train_dar(cfg: ModelConfig, codebook: torch.Tensor | None, token_grids: np.ndarray, labels: np.ndarray,
               opts: TrainDAROptions, progress: bool = True,
-              model: Transformer | None = None, log=print) -> tuple[Transformer, dict]:
+              model: Transformer | None = None, log=print,
+              orders: np.ndarray | None = None) -> tuple[Transformer, dict]:
     """token_grids [N, G, G] int64 with class labels [N]; returns the model and its training log.
 
     With ``model`` the run continues from its weights (a warm restart of the LR schedule): the demo
-    recipe trains in phases."""
+    recipe trains in phases. ``orders`` [N, G*G] (flat cells r*G + c, one scan order per image, e.g. the
+    orders OAR extracts) replaces the native order of those images; with it or a ``random_order_share``
+    above 0 every sequence carries its own order (`_AnyOrderBatches`)."""
     torch.manual_seed(opts.seed)
     if model is None:
         model = build_model(cfg, seed=opts.seed)
-        with torch.no_grad():
-            model.tok_codebook.copy_(codebook)
-        init_for_training(model)
+        if cfg.token_embedding == "codebook_mlp":  # a learned embedding (D-AR's GPT) needs no codebook
+            with torch.no_grad():
+                model.tok_codebook.copy_(codebook)
+        if cfg.adaln:
+            init_for_training(model)
     model.train()
     order = make_order(cfg.order, cfg.grid_size)
+    any_order = _AnyOrderBatches(cfg, order, token_grids, orders, opts) if (
+        orders is not None or opts.random_order_share > 0) else None
     seqs = torch.from_numpy(gather_from_grid(token_grids, order).astype(np.int64))
     labels_t = torch.from_numpy(labels.astype(np.int64))
     pos = torch.from_numpy(positions_table(order, cfg.grid_size, cfg.rope))
@@ -191,6 +216,7 @@ def train_dar(cfg: ModelConfig, codebook: torch.Tensor, token_grids: np.ndarray,
     if opts.bf16 and not bf16:
         log("this CPU has no native bf16 (oneDNN); training the DAR in fp32 (bf16 would be ~10x slower)")
     losses: list[float] = []
+    kind_losses: dict[str, list[float]] = {"given": [], "random": []}  # any-order: per kind of order
     start = time.perf_counter()
     last_step_s, stopped_by = 0.0, "steps"
     bar = tqdm(range(opts.steps), desc="train DAR", disable=not progress)
@@ -205,9 +231,18 @@ def train_dar(cfg: ModelConfig, codebook: torch.Tensor, token_grids: np.ndarray,
         tokens, classes = seqs[idx], labels_t[idx].clone()
         drop = torch.rand(opts.batch_size, generator=gen) < cfg.class_dropout
         classes[drop] = cfg.num_classes  # the null class, learned for CFG
+        if any_order is not None:
+            tokens, pos, dirs, random_rows = any_order.batch(idx, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = forward(classes, tokens[:, :-1], pos, dirs, gather_modulation=True)
-        loss = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tokens.reshape(-1))
+        if any_order is None:
+            loss = F.cross_entropy(logits.float().reshape(-1, cfg.vocab_size), tokens.reshape(-1))
+        else:
+            per_row = F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none").mean(dim=1)
+            loss = per_row.mean()
+            for kind, rows in (("random", random_rows), ("given", ~random_rows)):
+                if rows.any():
+                    kind_losses[kind].append(float(per_row.detach()[rows].mean()))
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -228,4 +263,52 @@ def train_dar(cfg: ModelConfig, codebook: torch.Tensor, token_grids: np.ndarray,
               "sequences_seen": len(losses) * opts.batch_size,
               "train_seconds": round(seconds, 1), "final_loss": float(np.mean(losses[-50:])),
               "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)]}
+    if any_order is not None:
+        record["random_order_share"] = opts.random_order_share
+        record["given_orders"] = "per image" if orders is not None else f"native ({cfg.order})"
+        for kind, values in kind_losses.items():
+            if values:  # the last 50 batches' mean, and the curve in chunks of 50 batches that had that kind
+                record[f"final_loss_{kind}_order"] = float(np.mean(values[-50:]))
+                record[f"loss_curve_{kind}_order"] = [round(float(np.mean(values[i:i + 50])), 4)
+                                                      for i in range(0, len(values), 50)]
     return model, record
+
+
+class _AnyOrderBatches:
+    """Batches for any-order training: each sequence's tokens read in its own order, with its positions
+    [B, N, 4] and directions [B, N] (`order_tables`).
+
+    A sequence takes a uniformly random permutation with probability ``opts.random_order_share``, otherwise
+    its image's given order (``orders``) or the model's native one. Random permutations are what the
+    any-order models OAR starts from train on (as σ-GPT and RAR do); DAR's next-cell RoPE and direction
+    embedding already tell the model where the next token goes, so no new parameters are needed."""
+
+    def __init__(self, cfg: ModelConfig, native: np.ndarray, token_grids: np.ndarray, orders: np.ndarray | None,
+                 opts: TrainDAROptions) -> None:
+        if not 0.0 <= opts.random_order_share <= 1.0:
+            raise ValueError(f"random_order_share must be in [0, 1], got {opts.random_order_share}")
+        if cfg.rope != "4d" or not cfg.adaln:
+            raise ValueError("any-order training needs 4D RoPE and AdaLN direction embeddings (the next cell "
+                             f"is an input); this model has rope={cfg.rope!r}, adaln={cfg.adaln}")
+        self.grid, self.share = cfg.grid_size, opts.random_order_share
+        self.flat = torch.from_numpy(np.asarray(token_grids, dtype=np.int64).reshape(len(token_grids), -1))
+        n = self.flat.shape[1]
+        self.native = torch.from_numpy(native[:, 0] * self.grid + native[:, 1])
+        self.given = None
+        if orders is not None:
+            given = np.asarray(orders, dtype=np.int64)
+            if given.shape != self.flat.shape:
+                raise ValueError(f"orders must be [images, {n}] flat cells, got {list(given.shape)}")
+            if not (np.sort(given, axis=1) == np.arange(n)).all():
+                raise ValueError("every given order must be a permutation of the grid's cells")
+            self.given = torch.from_numpy(given)
+
+    def batch(self, idx: torch.Tensor, gen: torch.Generator):
+        b, n = len(idx), self.flat.shape[1]
+        cells = self.given[idx].clone() if self.given is not None else self.native.expand(b, n).clone()
+        random_rows = torch.rand(b, generator=gen) < self.share
+        if random_rows.any():
+            cells[random_rows] = torch.argsort(torch.rand(int(random_rows.sum()), n, generator=gen), dim=1)
+        tokens = self.flat[idx].gather(1, cells)
+        pos, dirs = order_tables(cells, self.grid)
+        return tokens, pos, dirs, random_rows

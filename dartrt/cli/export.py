@@ -21,7 +21,8 @@ def convert() -> None:
 @click.option("--gpt", "gpt_path", type=click.Path(), required=True, help="LlamaGen GPT c2i .pt")
 @click.option("--vq", "vq_path", type=click.Path(), required=True, help="LlamaGen VQ-16 .pt (vq_ds16_c2i.pt)")
 @click.option("--model", "preset", default="GPT-B", show_default=True, help="GPT-B/L/XL/XXL/3B")
-@click.option("-o", "--out", type=click.Path(file_okay=False), required=True)
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True,
+              help="Checkpoint folder to write (config.json + safetensors).")
 @one_line_errors
 def convert_llamagen(gpt_path, vq_path, preset, out):
     """Import LlamaGen c2i GPT + VQ-16 checkpoints."""
@@ -40,7 +41,8 @@ def convert_llamagen(gpt_path, vq_path, preset, out):
               help="GPT-B/L/XL/XXL/3B (depth and widths are read from the checkpoint)")
 @click.option("--gpt-weights", type=click.Choice(["model", "ema"]), default="model", show_default=True,
               help="Which GPT weights to take (the public sampler takes 'model')")
-@click.option("-o", "--out", type=click.Path(file_okay=False), required=True)
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True,
+              help="Checkpoint folder to write (config.json + safetensors for the GPT and the tokenizer).")
 @one_line_errors
 def convert_d_ar(tokenizer_path, gpt_path, preset, gpt_weights, out):
     """Import D-AR's tokenizer and GPT checkpoints (showlab/D-AR)."""
