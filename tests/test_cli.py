@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -93,3 +94,61 @@ def test_export_refuses_to_overwrite(tmp_path, tiny_dar_package):
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "already holds a package (--force replaces" in lines[0]
     assert sorted(p.name for p in pkg.iterdir()) == before
+
+
+# ---- generate's output folder (issue 23) ------------------------------------------------------------------
+def test_generate_writes_each_batch_as_it_finishes(tiny_dar_package, tmp_path, monkeypatch):
+    """An interrupt in the second batch keeps the first batch's PNGs (and says so)."""
+    import dartrt.runtime.pipeline as pipeline
+
+    real, calls = pipeline.run_request, []
+
+    def interrupted_second_batch(backend, request, *args, **kwargs):
+        calls.append(len(request.images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(backend, request, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_request", interrupted_second_batch)
+    result = run("generate", tiny_dar_package, "-c", 0, "-c", 1, "--n", 2, "--batch-size", 2, "-o", tmp_path / "o")
+    assert result.exit_code == 130 and calls == [2, 2]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["0000_class0.png", "0001_class0.png"]
+    lines = [line for line in result.output.strip().splitlines() if line]
+    assert lines[-2:] == [f"kept 2 finished image(s) in {tmp_path / 'o'}", "interrupted"], result.output
+
+
+def test_generate_progress_counts_images(tiny_dar_package, tmp_path):
+    result = run("generate", tiny_dar_package, "-c", 0, "--n", 3, "--batch-size", 2, "-o", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert "3.0/3 images" in result.output and "step" not in result.output.split("wrote")[0]
+
+
+def test_overwrite_removes_only_generate_outputs(tiny_dar_package, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    for name in ("0007_class3.png", "grid.png", "keep.txt", "notes.png"):
+        (out / name).write_bytes(b"x")
+    result = run("generate", tiny_dar_package, "-c", 0, "-o", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["0000_class0.png", "grid.png", "keep.txt", "notes.png"]
+    assert (out / "keep.txt").read_bytes() == b"x" and (out / "notes.png").read_bytes() == b"x"
+
+
+def test_generate_checks_an_unwritable_folder_first(tiny_dar_package):
+    import os
+
+    if os.access("/proc/sys", os.W_OK):
+        pytest.skip("no unwritable folder to try here (/proc/sys is writable)")
+    result = run("generate", tiny_dar_package, "-o", "/proc/sys/dartrt-out")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and lines == ["error: cannot write to /proc/sys/dartrt-out: /proc/sys is not writable"]
+
+
+def test_every_option_has_help():
+    """One vocabulary: every option of every command says what it does."""
+    from dartrt.cli import main as group
+
+    missing = [f"{name} {param.opts[0]}" for name, command in group.commands.items()
+               for sub in ([command] if not hasattr(command, "commands") else command.commands.values())
+               for param in sub.params if isinstance(param, click.Option) and not param.help]
+    assert missing == []

@@ -17,7 +17,7 @@ import click
 
 from .bench import bench
 from .d_ar import decode_cmd, eval_demo_dar_cmd, train_demo_dar_cmd
-from .demo import eval_demo_cmd, train_demo_cmd
+from .demo import eval_demo_cmd, eval_orders_cmd, oar_finetune_cmd, train_demo_cmd
 from .export import convert, export_cmd
 from .generate import generate
 from .precision import build_cmd, calibrate_cmd
@@ -54,7 +54,7 @@ def main() -> None:
 
 
 for command in (generate, export_cmd, convert, verify, bench, calibrate_cmd, build_cmd, train_demo_cmd,
-                eval_demo_cmd):
+                eval_demo_cmd, eval_orders_cmd, oar_finetune_cmd):
     main.add_command(command)
 main.add_command(serve_cmd)
 main.add_command(bench_serve_cmd)
