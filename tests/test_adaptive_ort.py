@@ -229,7 +229,12 @@ def test_bench_adaptive_reports_costs_and_bounds(anyorder, tmp_path):
     assert set(sides) >= {"fixed", "adaptive", "adaptive, 4 candidates", "adaptive, 3 cells/step"}
     assert sides["adaptive"]["steps"] == 64 and sides["adaptive, 3 cells/step"]["steps"] == 22
     assert sides["adaptive"]["flops"] > 10 * sides["fixed"]["flops"] > 0
-    assert sides["adaptive"]["bound"] == "compute" and sides["fixed"]["bound"] == "bandwidth"
+    # Which floor binds depends on the rates measured in the run (a loaded machine moves them); what the
+    # model decides is the arithmetic intensity: scoring every cell does far more work per byte read.
+    for side in sides.values():
+        assert side["bound"] == ("compute" if side["compute_floor_s"] > side["bandwidth_floor_s"] else "bandwidth")
+    intensity = {k: v["flops"] / v["bytes"] for k, v in sides.items()}
+    assert intensity["adaptive"] > 4 * intensity["fixed"], intensity
     assert sides["adaptive, 4 candidates"]["flops"] < sides["adaptive"]["flops"]
     assert (tmp_path / "b.json").is_file()
 

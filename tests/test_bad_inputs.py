@@ -56,6 +56,12 @@ CLI_CASES = [
          ("generate", "{pkg}", "-c", "0", "-o", "{files}/earlier"), "image(s) of an earlier run"),
     Case("generate-out-under-file", "`generate -o FILE/x`", ("generate", "{pkg}", "-o", "{files}/afile/x"),
          "is a file, not a folder"),
+    Case("train-dar-demo-onto-another-model", "`train-demo-dar -o CK` (CK holds a DAR checkpoint)",
+         ("train-demo-dar", "--quick", "-o", "{files}/ck"), "holds a model named 'tiny-dar'; write D-AR-demo to a new"),
+    Case("train-demo-onto-user-files", "`train-demo -o DIR`, DIR holds other files",
+         ("train-demo", "--quick", "-o", "{files}/userdir"), "holds files that are not a model"),
+    Case("oar-finetune-onto-source", "`oar-finetune CK -o CK`", ("oar-finetune", "{files}/ck", "-o", "{files}/ck"),
+         "is SOURCE itself"),
     # settings
     Case("class-out-of-range", "`generate -c 10` (10 classes)", ("generate", "{pkg}", "-c", "10", "-o", "{out}"),
          "class id 10 is outside [0, 10)"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import signal
 import sys
 import threading
@@ -91,6 +92,31 @@ def one_line_errors(fn):
             raise
 
     return wrapper
+
+
+def model_name_in(folder: str | Path) -> str | None:
+    """The model name in ``folder``'s config.json (a checkpoint), or None when it holds none."""
+    try:
+        name = json.loads((Path(folder) / "config.json").read_text())["model"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def check_training_output(out: str | Path, model_name: str) -> None:
+    """A training command writes its files into OUT: a new or empty folder, or one holding an earlier
+    model of the same name (retraining in place, as `train-demo` does with models/demo). Anything else is
+    refused, so that `train-demo-dar -o models/demo` cannot overwrite the DAR demo's weights."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DartrtError(f"{out} is a file, not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    found = model_name_in(out)
+    if found != model_name:
+        what = f"a model named {found!r}" if found else "files that are not a model"
+        raise DartrtError(f"{out} holds {what}; write {model_name} to a new or empty folder, or to one holding "
+                          f"an earlier {model_name}")
 
 
 # ---- shared options -----------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ import click
 from dartrt.extras import require
 from dartrt.runtime.errors import DartrtError
 
-from .common import PACKAGE_BACKENDS, backend_option, one_line_errors, precision_option, threads_option
+from .common import (
+    PACKAGE_BACKENDS,
+    backend_option,
+    check_training_output,
+    one_line_errors,
+    precision_option,
+    threads_option,
+)
 
 TORCH_FREE_BACKENDS = tuple(b for b in PACKAGE_BACKENDS if b != "tensorrt")
 
@@ -119,6 +126,7 @@ def train_demo_dar_cmd(out, quick, run_eval, threads, budget_minutes):
     recipe = dataclasses.replace(QUICK if quick else DemoDARRecipe(), threads=threads)
     if budget_minutes is not None:
         recipe = dataclasses.replace(recipe, budget_minutes=budget_minutes or None)
+    check_training_output(out, "D-AR-demo")
     report = train_demo_dar(out, recipe, log=click.echo)
     click.echo(f"trained in {report['timings_seconds']['total']:.0f}s: {report['timings_seconds']}")
     if run_eval:

@@ -9,7 +9,7 @@ import click
 from dartrt.extras import require
 from dartrt.runtime.errors import DartrtError
 
-from .common import backend_option, one_line_errors, open_backend, threads_option
+from .common import backend_option, check_training_output, model_name_in, one_line_errors, open_backend, threads_option
 
 
 @click.command("train-demo")
@@ -61,6 +61,7 @@ def train_demo_cmd(out, quick, run_eval, threads, reuse_classifier, cache_dir, b
                         random_share, scratch, run_eval)
         return
     out = out or "models/demo"
+    check_training_output(out, "DAR-demo")
     from dartrt.dar.demo.train import QUICK, DemoRecipe, train_demo
 
     recipe = dataclasses.replace(QUICK if quick else DemoRecipe(), threads=threads)
@@ -83,7 +84,9 @@ def _train_anyorder(out, source, quick, threads, cache_dir, budget_minutes, rand
         recipe = dataclasses.replace(recipe, budget_minutes=budget_minutes or None)
     if random_share is not None:
         recipe = dataclasses.replace(recipe, dar=dataclasses.replace(recipe.dar, random_order_share=random_share))
-    report = train_anyorder_demo(out, source or BUNDLED, recipe, log=click.echo, cache_dir=cache_dir)
+    source = source or BUNDLED
+    check_training_output(out, f"{model_name_in(source) or 'DAR-demo'}-anyorder")
+    report = train_anyorder_demo(out, source, recipe, log=click.echo, cache_dir=cache_dir)
     click.echo(f"trained in {report['timings_seconds']['total']:.0f}s: {report['timings_seconds']}")
     if run_eval:
         _eval_demo(out, n_per_class=2 if quick else 50, seed=0, backend="torch", write=True)
@@ -229,5 +232,9 @@ def oar_finetune_cmd(source, out, budget_minutes, images, extract_share, rule, r
     recipe = dataclasses.replace(recipe, rule=rule, extract_share=extract_share, threads=threads,
                                  budget_minutes=None if quick or budget_minutes == 0 else budget_minutes,
                                  finetune=dataclasses.replace(recipe.finetune, random_order_share=random_share))
+    if Path(out).resolve() == Path(source).resolve():
+        raise DartrtError(f"-o {out} is SOURCE itself; the fine-tuned model goes to a folder of its own")
+    name = model_name_in(source) or "the fine-tuned model"
+    check_training_output(out, name if "oar" in name else f"{name}-oar")  # the name oar_finetune gives it
     report = oar_finetune(source, out, recipe, log=click.echo)
     click.echo(f"done in {report['timings_seconds']['total']:.0f}s: {report['timings_seconds']}")
