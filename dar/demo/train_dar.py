@@ -34,7 +34,7 @@ class TrainDAROptions:
     seed: int = 0
     # Wall-clock cap in seconds (compilation included); ``steps`` is then an upper bound. See `schedule`.
     time_budget_s: float | None = None
-    # Any-order training (docs/demo-anyorder.md): the share of sequences, in [0, 1], drawn in a uniformly
+    # Any-order training (docs/oar.md): the share of sequences, in [0, 1], drawn in a uniformly
     # random permutation of the grid; the rest keep the model's native order (or the per-image orders given
     # to `train_dar`). Each sequence carries its own order through the 4D RoPE's current + next cells and the
     # direction ids. 0 (the demo's recipe) trains the native order only, on the unchanged code path.
