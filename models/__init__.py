@@ -8,3 +8,5 @@ installed wheel, so every command finds the same model either way.
 from pathlib import Path
 
 DEMO = Path(__file__).resolve().parent / "demo"
+# The any-order demo (docs/oar.md): DEMO trained further on random orders, with a VQ encoder for editing.
+DEMO_ANYORDER = Path(__file__).resolve().parent / "demo-anyorder"

@@ -5,6 +5,7 @@ pass along the chosen order and picks the most confident free cell, the fine-tun
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -169,3 +170,27 @@ def test_oar_finetune_refuses_a_model_not_trained_for_any_order(tmp_path):
 
     with pytest.raises(DartrtError, match="any order"):
         oar.oar_finetune(BUNDLED, tmp_path / "x", oar.QUICK, progress=False, log=lambda *a: None)
+
+
+# ---- the shipped any-order demo (models/demo-anyorder) --------------------------------------------------
+def test_shipped_anyorder_demo_is_small_documented_and_chooses_its_order():
+    from dartrt.dar.checkpoint import load_checkpoint
+    from dartrt.dar.torch_backend import TorchBackend
+    from dartrt.models import DEMO_ANYORDER
+    from dartrt.runtime.adaptive import generate_adaptive
+
+    size = sum(p.stat().st_size for p in DEMO_ANYORDER.iterdir() if p.is_file())
+    assert size <= 20 * 2**20, size
+    metrics = json.loads((DEMO_ANYORDER / "metrics.json").read_text())
+    for order in ("diagonal", "raster", "random", "adaptive", "after-oar-adaptive", "after-oar-random"):
+        seeds = metrics["by_order"][order]["seeds"]
+        assert sorted(seeds) == ["0", "1", "2"] and all(0 <= r["class_accuracy"] <= 1 for r in seeds.values())
+    log = json.loads((DEMO_ANYORDER / "train_log.json").read_text())
+    assert log["timings_seconds"]["total"] <= 45 * 60 + 60 and log["dar"][0]["random_order_share"] == 0.5
+
+    torch.set_num_threads(1)
+    ckpt = load_checkpoint(DEMO_ANYORDER)
+    assert ckpt.config.any_order and ckpt.config.name == "DAR-demo-anyorder"
+    result = generate_adaptive(TorchBackend(ckpt), [3], seed=0, candidates=8, cells_per_step=4, decode=False)
+    order = result.orders[0]
+    assert sorted(map(tuple, order.tolist())) == [(r, c) for r in range(16) for c in range(16)]  # every cell once

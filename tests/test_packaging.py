@@ -55,6 +55,8 @@ def test_wheel_ships_the_demo_model_and_op_table(wheel):
     assert "dartrt/graphs/data/trt_ops_11.0.json" in names
     shipped = zipfile.ZipFile(wheel).getinfo("dartrt/models/demo/model.safetensors").file_size
     assert shipped == (REPO / "models/demo/model.safetensors").stat().st_size
+    for file in ("config.json", "model.safetensors", "vq.safetensors", "vq_encoder.safetensors", "metrics.json"):
+        assert f"dartrt/models/demo-anyorder/{file}" in names, file
 
 
 def test_base_requirements_are_the_runtime_only(wheel):

@@ -165,7 +165,7 @@ def order_nll(model: Transformer, grids: np.ndarray, labels: np.ndarray, orders:
     (flat cells), in one causal pass per batch."""
     g = model.cfg.grid_size
     flat = torch.from_numpy(np.asarray(grids, dtype=np.int64).reshape(len(grids), -1))
-    cells = torch.from_numpy(np.asarray(orders, dtype=np.int64))
+    cells = torch.from_numpy(np.array(orders, dtype=np.int64))  # a writable copy
     total = 0.0
     for i in range(0, len(flat), batch_size):
         c = cells[i:i + batch_size]
