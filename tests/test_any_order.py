@@ -145,7 +145,11 @@ def test_anyorder_command_then_oar_finetune_quick(tmp_path):
     from dartrt.dar.demo import anyorder, oar
 
     out = tmp_path / "anyorder"
-    report = anyorder.train_anyorder_demo(out, BUNDLED, anyorder.QUICK, progress=False, log=lambda *a: None)
+    report = anyorder.train_anyorder_demo(out, BUNDLED, anyorder.QUICK, progress=False, log=lambda *a: None,
+                                          cache_dir=tmp_path / "cache")
+    (cached,) = (tmp_path / "cache").iterdir()  # the encoder and the token grids, for a rerun
+    tokens = np.load(cached / "tokens.npz")
+    assert tokens["grids"].shape == (anyorder.QUICK.train_images, 16, 16) and (cached / "done.json").is_file()
     ckpt = load_checkpoint(out)
     assert ckpt.config.any_order and ckpt.config.name == "DAR-demo-anyorder"
     assert ckpt.vq_encoder is not None
