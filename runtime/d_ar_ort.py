@@ -32,7 +32,7 @@ from .d_ar_spec import DARSpec
 from .errors import DartrtError
 from .manifest import Manifest
 from .ort_backend import OrtBackend, check_io
-from .sessions import CPU_EP, CUDA_EP, RUNTIME, SessionFromOnnx, resolve_providers
+from .sessions import RUNTIME, open_graph_sessions
 
 
 class OrtARBackend(OrtBackend):
@@ -54,23 +54,12 @@ class OrtTokenizerGraphs:
                  cuda_tf32: bool = False) -> None:
         self.spec = spec
         self.profile = RUNTIME.but(threads=intra_op_threads, optimization=optimization, log_severity=log_severity)
-        requested = resolve_providers(device, cuda_tf32)
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        for graph in (CONDITIONS, VELOCITY):
-            path = Path((graph_files or {}).get(graph) or manifest.graph(graph).path)
-            try:
-                session = SessionFromOnnx(path, self.profile, tuple(requested))()
-            except DartrtError:
-                if device != "auto" or requested == [CPU_EP] or self.sessions:
-                    raise
-                requested = [CPU_EP]  # 'auto' with a CUDA EP that cannot start: the CPU
-                session = SessionFromOnnx(path, self.profile, tuple(requested))()
-            check_io(session, path, d_ar_graph_io(graph, spec.cond_layers))
-            self.sessions[graph] = session
-        got = self.sessions[VELOCITY].get_providers()
-        self.device = "cuda" if got and got[0] == CUDA_EP else "cpu"
-        if device == "cuda" and self.device != "cuda":
-            raise DartrtError("onnxruntime fell back to the CPU: the CUDA execution provider could not start")
+        paths = {g: Path((graph_files or {}).get(g) or manifest.graph(g).path) for g in (CONDITIONS, VELOCITY)}
+        opened = open_graph_sessions(paths, self.profile, device, cuda_tf32)
+        self.sessions: dict[str, ort.InferenceSession] = opened.sessions
+        for graph, path in paths.items():
+            check_io(self.sessions[graph], path, d_ar_graph_io(graph, spec.cond_layers))
+        self.device = opened.device
         past = cache_names(spec.cond_layers, PAST)
         types = {i.name: i.type for i in self.sessions[CONDITIONS].get_inputs()}
         self.cache_dtype = np.float16 if past and types[past[0]] == "tensor(float16)" else np.float32

@@ -36,7 +36,7 @@ from .contract import (
 from .errors import DartrtError
 from .images import to_uint8
 from .manifest import Manifest
-from .sessions import CPU_EP, CUDA_EP, RUNTIME, SessionFromOnnx, io_names, resolve_providers
+from .sessions import RUNTIME, io_names, open_graph_sessions
 
 
 def check_io(session: ort.InferenceSession, path: Path, io: GraphIO) -> None:
@@ -76,31 +76,19 @@ class OrtBackend:
         self.adaln = manifest.adaln_width is not None or bool(model.get("adaln", False))
         self.alias_cache = alias_cache
         self.profile = RUNTIME.but(threads=intra_op_threads, optimization=optimization, log_severity=log_severity)
-        requested = resolve_providers(device, cuda_tf32)
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        for graph in self.GRAPHS:
-            path = Path((graph_files or {}).get(graph) or manifest.graph(graph).path)
-            try:
-                session = SessionFromOnnx(path, self.profile, tuple(requested))()
-            except DartrtError:
-                if device != "auto" or requested == [CPU_EP] or self.sessions:
-                    raise
-                requested = [CPU_EP]  # 'auto' with a CUDA EP that cannot start: run on the CPU instead
-                session = SessionFromOnnx(path, self.profile, tuple(requested))()
-            check_io(session, path, graph_io(graph, self.n_layer, self.adaln))
-            self.sessions[graph] = session
+        paths = {g: Path((graph_files or {}).get(g) or manifest.graph(g).path) for g in self.GRAPHS}
+        opened = open_graph_sessions(paths, self.profile, device, cuda_tf32)
+        self.sessions: dict[str, ort.InferenceSession] = opened.sessions
+        for graph, path in paths.items():
+            check_io(self.sessions[graph], path, graph_io(graph, self.n_layer, self.adaln))
         self._check_shapes()
         past = cache_names(self.n_layer, PAST)
         # The cache dtype is the graph's: FP16 graphs keep their KV cache in fp16 (half the bytes).
         past_type = {i.name: i.type for i in self.sessions[DECODE].get_inputs()}[past[0]]
         self.cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
-        got = self.sessions[DECODE].get_providers()
-        self.providers = got
-        self.provider_specs = requested  # with their options: a second session (Polygraphy's) asks for the same
-        self.device = "cuda" if got and got[0] == CUDA_EP else "cpu"
-        if device == "cuda" and self.device != "cuda":
-            raise DartrtError("onnxruntime fell back to the CPU: the CUDA execution provider could not start "
-                              "(no GPU, or a CUDA/cuDNN library is missing); use the CPU")
+        self.providers = self.sessions[DECODE].get_providers()
+        self.provider_specs = opened.provider_specs  # a second session (Polygraphy's) asks for the same
+        self.device = opened.device
         if self.adaln and manifest.adaln_width is None:
             out = {o.name: o.shape for o in self.sessions[PREFILL].get_outputs()}
             self.mod_width = int(out[MODULATION][-1])

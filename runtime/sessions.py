@@ -132,6 +132,38 @@ class SessionFromOnnx:
             raise DartrtError(f"onnxruntime cannot load {self.path}: {first}") from None
 
 
+@dataclass
+class GraphSessions:
+    """A package's graphs opened on one EP list: ``provider_specs`` is the list that opened them (with its
+    options, for a second session that must ask for the same), ``device`` where they all really run."""
+
+    sessions: dict[str, ort.InferenceSession]
+    provider_specs: list[ProviderSpec]
+    device: str
+
+
+def open_graph_sessions(paths: dict[str, Path], profile: SessionProfile, device: str = "auto",
+                        cuda_tf32: bool = False) -> GraphSessions:
+    """Open every graph of ``paths`` (name → file) on ``device``'s EPs. 'auto' whose CUDA EP cannot start
+    falls back to the CPU (decided on the first graph: a later failure is a real one); 'cuda' that ends up
+    on the CPU is refused in one line, never run slowly in silence."""
+    requested = resolve_providers(device, cuda_tf32)
+    sessions: dict[str, ort.InferenceSession] = {}
+    for graph, path in paths.items():
+        try:
+            sessions[graph] = SessionFromOnnx(path, profile, tuple(requested))()
+        except DartrtError:
+            if device != "auto" or requested == [CPU_EP] or sessions:
+                raise
+            requested = [CPU_EP]
+            sessions[graph] = SessionFromOnnx(path, profile, tuple(requested))()
+    on_cuda = bool(sessions) and all(s.get_providers()[:1] == [CUDA_EP] for s in sessions.values())
+    if device == "cuda" and not on_cuda:
+        raise DartrtError("onnxruntime fell back to the CPU: the CUDA execution provider could not start "
+                          "(no GPU, or a CUDA/cuDNN library is missing); use the CPU")
+    return GraphSessions(sessions, requested, "cuda" if on_cuda else "cpu")
+
+
 def open_session(path: str | Path, profile: SessionProfile | str = RUNTIME, device: str = "cpu",
                  **overrides) -> ort.InferenceSession:
     """Open ``path`` now: ``profile`` by object or name, ``device`` as in `resolve_providers`, and
