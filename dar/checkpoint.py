@@ -45,13 +45,17 @@ class Checkpoint:
 
 
 def save_checkpoint(folder: str | Path, model: Transformer, vq: VQDecoder, image_size: int,
-                    vq_encoder: VQEncoder | None = None) -> None:
-    """``vq_encoder`` (optional) is written as vq_encoder.safetensors, for editing from images."""
+                    vq_encoder: VQEncoder | None = None, store_fp16: bool = False) -> None:
+    """``vq_encoder`` (optional) is written as vq_encoder.safetensors, for editing from images.
+    ``store_fp16`` stores the model's float32 weights as float16 (half the file; loading casts them back to
+    the model's dtype, `importers.load_checked`): what keeps a second bundled model under 5 MiB."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "image_size": int(image_size),
             "model": model.cfg.to_dict(), "vq": vq.config.to_dict()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if store_fp16:
+        tensors = {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}
     atomic_write(folder / "model.safetensors", lambda p: save_file(tensors, p))
     vq_tensors = {k: v.detach().contiguous().cpu() for k, v in vq.state_dict().items()}
     atomic_write(folder / "vq.safetensors", lambda p: save_file(vq_tensors, p))

@@ -141,7 +141,7 @@ def test_anyorder_command_then_oar_finetune_quick(tmp_path):
     any_order, and the fine-tune writes its orders and its log."""
     import json
 
-    from dartrt.dar.checkpoint import BUNDLED, load_checkpoint
+    from dartrt.dar.checkpoint import BUNDLED, load_checkpoint, read_tensors
     from dartrt.dar.demo import anyorder, oar
 
     out = tmp_path / "anyorder"
@@ -153,6 +153,9 @@ def test_anyorder_command_then_oar_finetune_quick(tmp_path):
     ckpt = load_checkpoint(out)
     assert ckpt.config.any_order and ckpt.config.name == "DAR-demo-anyorder"
     assert ckpt.vq_encoder is not None
+    stored = read_tensors(out / "model.safetensors")  # stored in float16, loaded as the model's float32
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    assert all(p.dtype == torch.float32 for p in ckpt.model.parameters())
     assert (out / "vq.safetensors").read_bytes() == (BUNDLED / "vq.safetensors").read_bytes()
     assert (out / "classifier.safetensors").read_bytes() == (BUNDLED / "classifier.safetensors").read_bytes()
     assert report["dar"][0]["random_order_share"] == 0.5 and report["cpu"]["model"]
@@ -184,7 +187,7 @@ def test_shipped_anyorder_demo_is_small_documented_and_chooses_its_order():
     from dartrt.runtime.adaptive import generate_adaptive
 
     size = sum(p.stat().st_size for p in DEMO_ANYORDER.iterdir() if p.is_file())
-    assert size <= 20 * 2**20, size
+    assert size <= 20 * 2**20 and max(p.stat().st_size for p in DEMO_ANYORDER.iterdir()) <= 5 * 2**20, size
     metrics = json.loads((DEMO_ANYORDER / "metrics.json").read_text())
     for order in ("diagonal", "raster", "random", "adaptive", "after-oar-adaptive", "after-oar-random"):
         seeds = metrics["by_order"][order]["seeds"]
