@@ -20,6 +20,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a hidden sibling of ``path``, then rename it into place (mode 0644)."""
@@ -46,6 +48,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data, **dump_kw) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, **dump_kw) + "\n")
+
+
+def atomic_write_npz(path: str | Path, compressed: bool = False, **arrays: np.ndarray) -> None:
+    """``np.savez`` (or ``savez_compressed``) of ``arrays`` to ``path``, atomically. Written through a closed
+    file object: given the temp path as a name, numpy would append ".npz" to it and the rename would miss."""
+    save = np.savez_compressed if compressed else np.savez
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            save(f, **arrays)
+
+    atomic_write(path, write)
 
 
 def read_json_object(path: str | Path, missing: str = "is missing", damaged: str = "") -> dict:

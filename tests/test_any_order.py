@@ -139,8 +139,6 @@ def test_anyorder_command_then_oar_finetune_quick(tmp_path):
     """`dartrt train-demo --any-order` and `dartrt oar-finetune` end to end on their QUICK recipes: the demo's
     judge and VQ decoder are copied, the encoder file loads as the checkpoint's VQ encoder, the config says
     any_order, and the fine-tune writes its orders and its log."""
-    import json
-
     from dartrt.dar.checkpoint import BUNDLED, load_checkpoint, read_tensors
     from dartrt.dar.demo import anyorder, oar
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from dartrt.runtime.errors import DartrtError
-from dartrt.runtime.fileio import atomic_write, atomic_write_json
+from dartrt.runtime.fileio import atomic_write, atomic_write_json, atomic_write_npz
 
 from ..checkpoint import ENCODER_FILE, load_checkpoint, read_tensors, save_checkpoint
 from ..model import Transformer, build_model
@@ -300,7 +300,7 @@ def train_anyorder_demo(out: str | Path, source: str | Path, recipe: AnyOrderRec
             cache.mkdir(parents=True, exist_ok=True)
             weights = VQEncoder.from_vqmodel(vq_model).weights()
             atomic_write(cache / ENCODER_FILE, lambda p: save_file({k: v.contiguous() for k, v in weights.items()}, p))
-            atomic_write(cache / "tokens.npz", lambda p: _save_npz(p, grids=grids, labels=labels))
+            atomic_write_npz(cache / "tokens.npz", grids=grids, labels=labels)
             atomic_write_json(cache / "done.json", {"encoder": encoder_log, "timings": {
                 k: timings[k] for k in ("encoder", "tokenize")}})
     native_loss = native_order_loss(src.model, grids[:2000], labels[:2000])
@@ -331,11 +331,6 @@ def train_anyorder_demo(out: str | Path, source: str | Path, recipe: AnyOrderRec
               "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     atomic_write_json(out / "train_log.json", report)
     return report
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to the temp path's name
-        np.savez(f, **arrays)
 
 
 @torch.no_grad()

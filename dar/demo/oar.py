@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from dartrt.runtime.errors import DartrtError
-from dartrt.runtime.fileio import atomic_write_json
+from dartrt.runtime.fileio import atomic_copy, atomic_write_json, atomic_write_npz
 from dartrt.runtime.orders import START
 
 from ..model import Transformer
@@ -203,7 +203,6 @@ def oar_finetune(source: str | Path, out: str | Path, recipe: OARRecipe | None =
                  log=print) -> dict:
     """Extract ``source``'s preferred orders on training images and fine-tune it on them into ``out``
     (an any-order demo folder: weights, VQ, classifier and ``vq_encoder.safetensors`` are copied along)."""
-    import shutil
 
     from ..checkpoint import load_checkpoint, save_checkpoint
     from .anyorder import ENCODER_FILE, cpu_description, load_tokenizer
@@ -257,8 +256,9 @@ def oar_finetune(source: str | Path, out: str | Path, recipe: OARRecipe | None =
     save_checkpoint(out, model, ckpt.vq, ckpt.image_size)
     if out.resolve() != source.resolve():
         for name in (CONFIG_FILE, WEIGHTS_FILE, ENCODER_FILE):
-            shutil.copyfile(source / name, out / name)
-    np.savez_compressed(out / "oar_orders.npz", orders=orders.astype(np.int16), labels=labels.astype(np.int16))
+            atomic_copy(source / name, out / name)
+    atomic_write_npz(out / "oar_orders.npz", compressed=True, orders=orders.astype(np.int16),
+                     labels=labels.astype(np.int16))
     timings["total"] = time.perf_counter() - t0
     report = {"recipe": asdict(recipe), "source": str(source), "extraction": extraction,
               "nll_per_token_before": before, "nll_per_token_after": after, "finetune": ft_log,

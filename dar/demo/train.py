@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dartrt.runtime.errors import DartrtError
-from dartrt.runtime.fileio import atomic_write, atomic_write_json
+from dartrt.runtime.fileio import atomic_write, atomic_write_json, atomic_write_npz
 
 from ..checkpoint import save_checkpoint
 from ..config import ModelConfig, get_preset
@@ -125,7 +125,7 @@ def _save_tokenizer_cache(folder: Path, vq_model: VQModel, info: dict, grids: np
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in vq_model.state_dict().items()}
     atomic_write(folder / "vq_full.safetensors", lambda p: save_file(state, p))
-    atomic_write(folder / "tokens.npz", lambda p: np.savez(open(p, "wb"), grids=grids, labels=labels))
+    atomic_write_npz(folder / "tokens.npz", grids=grids, labels=labels)
     atomic_write_json(folder / "done.json", info)
 
 
