@@ -58,6 +58,8 @@ CLI_CASES = [
          "is a file, not a folder"),
     Case("train-dar-demo-onto-another-model", "`train-demo-dar -o CK` (CK holds a DAR checkpoint)",
          ("train-demo-dar", "--quick", "-o", "{files}/ck"), "holds a model named 'tiny-dar'; write D-AR-demo to a new"),
+    Case("train-dar-demo-tokens-without-vq-encoder", "`train-demo-dar --tokens-from CK` (CK has no VQ encoder)",
+         ("train-demo-dar", "--quick", "--tokens-from", "{files}/ck", "-o", "{out}"), "has no VQ encoder"),
     Case("train-demo-onto-user-files", "`train-demo -o DIR`, DIR holds other files",
          ("train-demo", "--quick", "-o", "{files}/userdir"), "holds files that are not a model"),
     Case("oar-finetune-onto-source", "`oar-finetune CK -o CK`", ("oar-finetune", "{files}/ck", "-o", "{files}/ck"),

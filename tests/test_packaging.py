@@ -57,6 +57,9 @@ def test_wheel_ships_the_demo_model_and_op_table(wheel):
     assert shipped == (REPO / "models/demo/model.safetensors").stat().st_size
     for file in ("config.json", "model.safetensors", "vq.safetensors", "vq_encoder.safetensors", "metrics.json"):
         assert f"dartrt/models/demo-anyorder/{file}" in names, file
+    for file in ("config.json", "model.safetensors", "tokenizer.safetensors", "encoder.safetensors", "encoder.json",
+                 "metrics.json"):
+        assert f"dartrt/models/demo-dar/{file}" in names, file
 
 
 def test_base_requirements_are_the_runtime_only(wheel):

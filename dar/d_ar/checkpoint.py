@@ -78,12 +78,17 @@ def _tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
-def save_d_ar_checkpoint(folder: str | Path, model: Transformer, tokenizer: DARTokenizer) -> None:
+def save_d_ar_checkpoint(folder: str | Path, model: Transformer, tokenizer: DARTokenizer,
+                         store_fp16: bool = False) -> None:
+    """``store_fp16`` stores float32 weights as float16 (loading casts them back, `importers.load_checked`):
+    what keeps a bundled demo's files under 5 MiB."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "version": VERSION, "family": FAMILY, "image_size": tokenizer.cfg.image_size,
             "model": model.cfg.to_dict(), "tokenizer": tokenizer.cfg.to_dict()}
     gpt, tok = _tensors(model), _tensors(tokenizer)
+    if store_fp16:
+        gpt, tok = ({k: v.half() if v.dtype == torch.float32 else v for k, v in t.items()} for t in (gpt, tok))
     atomic_write(folder / "model.safetensors", lambda p: save_file(gpt, p))
     atomic_write(folder / "tokenizer.safetensors", lambda p: save_file(tok, p))
     atomic_write(folder / "config.json", lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))

@@ -119,12 +119,12 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
     # 32 px images = 16 image tokens). Every module the public code builds is present.
     "tiny": TokenizerConfig(name="tiny", codebook_size=64, codebook_dim=4, num_tokens=16, num_groups=4,
                             denoising_steps=4, cond_dim=128, cond_layers=2, dim=128, depth=2, image_size=32),
-    # The D-AR demo's tokenizer (`dartrt train-demo-dar`, docs/d-ar.md): 64×64 shapes, 64 tokens in 8 groups of 8 (the
-    # public 8 groups × 8 steps at a quarter of the tokens), codebook 512 × 8, widths of 128 (two heads of 64),
-    # patch 8 (64 image tokens), data_std 0.6 (the shapes' pixel std is 0.62), the public time shift 2, and
-    # the image predicted (width 128 < a patch's 192 values: see TokenizerConfig.prediction).
-    "demo": TokenizerConfig(name="demo", codebook_size=512, codebook_dim=8, num_tokens=64, num_groups=8,
-                            denoising_steps=8, cond_dim=128, cond_layers=2, max_tokens=64, dim=128, depth=4,
+    # The D-AR demo's tokenizer (`dartrt train-demo-dar`, docs/d-ar.md): 64×64 shapes, the public 256 tokens in 8
+    # groups of 32 (the any-order DAR demo's 16×16 VQ codes, `dar.d_ar.demo.encoder`), its codebook 512 × 8,
+    # widths of 128 (two heads of 64), patch 8 (64 image tokens), data_std 0.6 (the shapes' pixel std is 0.62),
+    # the public time shift 2, and the image predicted (width 128 < a patch's 192 values: see prediction).
+    "demo": TokenizerConfig(name="demo", codebook_size=512, codebook_dim=8, num_tokens=256, num_groups=8,
+                            denoising_steps=8, cond_dim=128, cond_layers=2, max_tokens=256, dim=128, depth=4,
                             patch_size=8, image_size=64, data_std=0.6, time_shift=2.0, prediction="data"),
 }
 

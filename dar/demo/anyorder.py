@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from dartrt.models import recorded_path
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.fileio import atomic_write, atomic_write_json, atomic_write_npz
 
@@ -323,7 +324,7 @@ def train_anyorder_demo(out: str | Path, source: str | Path, recipe: AnyOrderRec
     # The measured effect on the shipped model is in docs/oar.md.
     save_checkpoint(out, model, src.vq, src.image_size, vq_encoder=VQEncoder.from_vqmodel(vq_model), store_fp16=True)
     timings["total"] = time.perf_counter() - t0 + cached_s
-    report = {"recipe": asdict(recipe), "source": str(source), "encoder": encoder_log,
+    report = {"recipe": asdict(recipe), "source": recorded_path(source), "encoder": encoder_log,
               "source_loss_on_tokens": round(native_loss, 4), "dar": [dar_log],
               "dar_parameters": sum(p.numel() for p in model.parameters()),
               "timings_seconds": {k: round(v, 1) for k, v in timings.items()},

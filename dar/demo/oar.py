@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dartrt.models import recorded_path
 from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.fileio import atomic_copy, atomic_write_json, atomic_write_npz
 from dartrt.runtime.orders import START
@@ -260,7 +261,7 @@ def oar_finetune(source: str | Path, out: str | Path, recipe: OARRecipe | None =
     atomic_write_npz(out / "oar_orders.npz", compressed=True, orders=orders.astype(np.int16),
                      labels=labels.astype(np.int16))
     timings["total"] = time.perf_counter() - t0
-    report = {"recipe": asdict(recipe), "source": str(source), "extraction": extraction,
+    report = {"recipe": asdict(recipe), "source": recorded_path(source), "extraction": extraction,
               "nll_per_token_before": before, "nll_per_token_after": after, "finetune": ft_log,
               "timings_seconds": {k: round(v, 1) for k, v in timings.items()},
               "torch_threads": torch.get_num_threads(), "cpu": cpu_description()}

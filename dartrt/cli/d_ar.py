@@ -107,12 +107,15 @@ def decode_cmd(package, tokens, noise, seed, previews, group, save_float, batch_
               help="Measure image quality afterwards and write metrics.json (outside the training budget).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="torch threads.")
 @click.option("--budget-minutes", type=click.FloatRange(min=0), default=None,
-              help="Wall-clock budget for the training; the tokenizer takes its share, the GPT the rest, each "
+              help="Wall-clock budget for the training; the decoder takes its share, the GPT the rest, each "
                    "annealing on the clock. Default: the recipe's 45. 0: no clock (the step caps; hours).")
+@click.option("--tokens-from", "source", type=click.Path(file_okay=False), default=None,
+              help="DAR demo folder whose VQ encoder and codebook give the tokens. Default: the bundled "
+                   "models/demo-anyorder.")
 @one_line_errors
-def train_demo_dar_cmd(out, quick, run_eval, threads, budget_minutes):
-    """Train the D-AR demo from scratch, seeded, on the CPU: a sequential diffusion tokenizer (64 tokens in 8
-    groups, flow-matching pixel decoder) and a 1D GPT on the demo's shapes at 64x64."""
+def train_demo_dar_cmd(out, quick, run_eval, threads, budget_minutes, source):
+    """Train the D-AR demo, seeded, on the CPU: the tokenizer's flow-matching pixel decoder (256 tokens, the
+    any-order demo's VQ codes, in 8 coarse-to-fine groups) and a 1D GPT on the demo's shapes at 64x64."""
     import dataclasses
     import os
 
@@ -122,12 +125,13 @@ def train_demo_dar_cmd(out, quick, run_eval, threads, budget_minutes):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     require(("torch", "safetensors"), "`dartrt train-demo-dar`")
     from dartrt.dar.d_ar.demo.train import QUICK, DemoDARRecipe, train_demo_dar
+    from dartrt.models import DEMO_ANYORDER
 
     recipe = dataclasses.replace(QUICK if quick else DemoDARRecipe(), threads=threads)
     if budget_minutes is not None:
         recipe = dataclasses.replace(recipe, budget_minutes=budget_minutes or None)
     check_training_output(out, "D-AR-demo")
-    report = train_demo_dar(out, recipe, log=click.echo)
+    report = train_demo_dar(out, recipe, log=click.echo, source=source or DEMO_ANYORDER)
     click.echo(f"trained in {report['timings_seconds']['total']:.0f}s: {report['timings_seconds']}")
     if run_eval:
         _eval_demo_dar(out, n_per_class=2 if quick else 50, seed=0, write=True)
@@ -151,15 +155,15 @@ def _eval_demo_dar(source, n_per_class: int, seed: int, write: bool) -> None:
     require(("torch", "safetensors"), "`dartrt eval-demo-dar` (its judge is a torch classifier)")
     from dartrt.dar.checkpoint import BUNDLED
     from dartrt.dar.d_ar.checkpoint import load_d_ar_checkpoint
+    from dartrt.dar.d_ar.demo.encoder import ENCODER_CONFIG, load_demo_tokens
     from dartrt.dar.d_ar.demo.evaluate import evaluate_d_ar
-    from dartrt.dar.d_ar.demo.train import ENCODER_CONFIG, load_encoder
     from dartrt.dar.d_ar.torch_backend import torch_d_ar_backend
     from dartrt.runtime.fileio import atomic_write_json
 
     folder = Path(source)
     ckpt = load_d_ar_checkpoint(folder)
-    encoder = load_encoder(folder, ckpt.tokenizer.cfg) if (folder / ENCODER_CONFIG).is_file() else None
-    report = evaluate_d_ar(torch_d_ar_backend(ckpt), BUNDLED, n_per_class=n_per_class, seed=seed, encoder=encoder)
+    tokens = load_demo_tokens(folder) if (folder / ENCODER_CONFIG).is_file() else None
+    report = evaluate_d_ar(torch_d_ar_backend(ckpt), BUNDLED, n_per_class=n_per_class, seed=seed, tokens=tokens)
     click.echo(f"real held-out images: Fréchet distance {report['real_heldout_frechet_distance']:.3f}")
     for cfg, row in report["by_cfg"].items():
         groups = ", ".join(f"{g['class_accuracy']:.2f}" for g in row["preview_by_group"])
@@ -167,7 +171,7 @@ def _eval_demo_dar(source, n_per_class: int, seed: int, write: bool) -> None:
                    f"{row['fd_ratio_to_real']:.2f}x real; preview accuracy by group: {groups}")
     if "reconstruction" in report:
         rec = report["reconstruction"]
-        click.echo(f"reconstructions (the tokenizer's ceiling): {rec['psnr_db']:.1f} dB, class accuracy "
+        click.echo(f"reconstructions (the decoder's ceiling): {rec['psnr_db']:.1f} dB, class accuracy "
                    f"{rec['class_accuracy']:.3f}, Fréchet distance {rec['fd_ratio_to_real']:.2f}x real")
     if write:
         atomic_write_json(folder / "metrics.json", report)

@@ -1,124 +1,106 @@
-"""The demo tokenizer's encoder: a 64×64 image → ``num_tokens`` 1D token vectors → codebook ids.
+"""The D-AR demo's tokens: the any-order DAR demo's VQ codes (16×16 = 256), read in 8 interleaved groups of 32.
 
-D-AR's encoder (showlab/D-AR ``VQModel.encode``) appends learned query tokens to the image patches and runs
-one transformer over both under a mask where every token sees all patches and a query sees only the queries
-before it; the queries' outputs, projected to the codebook width and L2-normalised, are quantised to the
-nearest L2-normalised code. Causality over the queries is what makes the tokens sequential: token k is
-computed without tokens after it, like the conditions the decoder builds from them.
+D-AR's own encoder learns 1D tokens jointly with the diffusion decoder. Trained that way on a 2-core CPU for
+27 minutes, the demo's decoder read its tokens only weakly (13 dB, images at chance; docs/d-ar.md); trained
+on codes known to carry the image, it learns to read them within the budget. So the demo takes its tokens
+from a VQ that already exists in the repository (``models/demo-anyorder``'s patch encoder and codebook, 26.5 dB
+through that VQ's own decoder) and trains only the D-AR decode path on them. What stays D-AR's: 256 tokens
+in 8 groups of 32, causal conditions, and groups that go from coarse to fine.
 
-This is a small version of that, written for the demo: learned absolute positions for the patches (no
-2D RoPE), the same blocks as the decoder's conditions transformer (QK-LayerNorm attention, SiLU MLP, no
-gates), and the codebook shared with the decode path (``DARTokenizer.quantize``), so a trained pair is one
-codebook. The encoder is only needed to make training tokens and reconstructions; generation never runs it.
+Coarse to fine on a grid: a 4×4 ordered-dither (Bayer) matrix ranks the 16 cells of every 4×4 block, and
+the tokens are sorted by that rank, then by row and column. Group 1 (ranks 0 and 1) is a lattice of 32 cells
+spread over the whole image, and every later group fills the gaps between the earlier ones, as in ordered
+dithering. Measured against row-by-row groups, this order gave the better decoder (docs/d-ar.md, runs A-B).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
+from safetensors.torch import save_file
 
-from ..config import TokenizerConfig
-from ..layers import LN_EPS, Mlp, QKNormAttention, plain_layer_norm
+from dartrt.models import recorded_path
+from dartrt.runtime.errors import DartrtError
+from dartrt.runtime.fileio import atomic_write, atomic_write_json
+
+from ...checkpoint import load_checkpoint, read_tensors
+from ...importers import load_checked
+from ...vq import VQConfig, VQEncoder
+
+ENCODER_WEIGHTS, ENCODER_CONFIG = "encoder.safetensors", "encoder.json"
+KIND = "vq-codes-in-dither-groups"
+
+# Rank of each cell of a 4×4 block: the classic ordered-dither matrix (every prefix of ranks is spread evenly).
+BAYER4 = np.array([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]])
+
+
+def dither_order(grid: int) -> np.ndarray:
+    """The flat cell (r·grid + c) at every sequence position: by dither rank, then row, then column."""
+    if grid % 4:
+        raise ValueError(f"the dither order needs a grid that is a multiple of 4, got {grid}")
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    return np.lexsort((cols, rows, BAYER4[rows % 4, cols % 4])).astype(np.int64)
 
 
 @dataclass
-class EncoderConfig:
-    """The encoder's own widths; the token count, codebook width and image size come from the tokenizer."""
+class DemoTokens:
+    """images → D-AR token ids: a frozen VQ encoder's code grid, read in ``order``. Generation never runs it;
+    it makes the training tokens and the reconstructions that bound the demo's quality."""
 
-    dim: int = 128
-    layers: int = 3
-    patch_size: int = 8
-    head_dim: int = 64
-    mlp_ratio: int = 4
+    vq: VQEncoder
+    order: np.ndarray  # [num_tokens] flat grid cells in sequence order
+    source: str
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The VQ's raw codebook [codebook_size, codebook_dim]: the tokenizer's, which also normalises rows."""
+        return self.vq.quantize.embedding.weight
 
-    @classmethod
-    def from_dict(cls, data: dict) -> EncoderConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"encoder config: unknown field {unknown[0]!r}")
-        return cls(**data)
+    @torch.no_grad()
+    def encode_ids(self, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+        """images [B, 3, H, W] in [-1, 1] → token ids [B, num_tokens] int64, ``batch`` images at a time."""
+        order = torch.from_numpy(self.order)
+        grids = [self.vq.encode_indices(images[i:i + batch]).flatten(1) for i in range(0, len(images), batch)]
+        return torch.cat(grids)[:, order]
 
+    def grid_of(self, ids: np.ndarray) -> np.ndarray:
+        """Token ids [B, num_tokens] back to the VQ's code grid [B, G, G]."""
+        grid = int(round(len(self.order) ** 0.5))
+        out = np.empty_like(ids)
+        out[:, self.order] = ids
+        return out.reshape(len(ids), grid, grid)
 
-class EncoderBlock(nn.Module):
-    """Pre-norm transformer block under an explicit attention mask."""
-
-    def __init__(self, dim: int, head_dim: int, mlp_ratio: int) -> None:
-        super().__init__()
-        self.attention = QKNormAttention(dim, head_dim)
-        self.mlp = Mlp(dim, dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(x)
-        k, v = self.attention.key_value(h)
-        x = x + self.attention.attend(self.attention.query(h), k, v, mask=mask)
-        return x + self.mlp(self.norm2(x))
+    def save(self, folder: Path) -> None:
+        state = {k: v.detach().contiguous() for k, v in self.vq.state_dict().items()}
+        atomic_write(folder / ENCODER_WEIGHTS, lambda p: save_file(state, p))
+        atomic_write_json(folder / ENCODER_CONFIG, {"kind": KIND, "source": self.source,
+                                                    "vq": self.vq.config.to_dict(), "order": self.order.tolist()})
 
 
-def encoder_mask(patches: int, queries: int) -> torch.Tensor:
-    """Bool [P+Q, P+Q]: every token sees every patch; a query also sees itself and the queries before it."""
-    n = patches + queries
-    mask = torch.tril(torch.ones(n, n, dtype=torch.bool))
-    mask[:, :patches] = True
-    return mask
+def tokens_from_dar_demo(folder: str | Path) -> DemoTokens:
+    """The tokens of a DAR demo folder with a VQ encoder (``models/demo-anyorder``), in dither order."""
+    ckpt = load_checkpoint(folder)
+    if ckpt.vq_encoder is None:
+        raise DartrtError(f"{folder} has no VQ encoder (vq_encoder.safetensors): the D-AR demo takes its tokens "
+                          f"from one; use models/demo-anyorder")
+    grid = ckpt.config.grid_size
+    return DemoTokens(ckpt.vq_encoder.eval(), dither_order(grid), recorded_path(folder))
 
 
-class DemoEncoder(nn.Module):
-    """image [B, 3, H, W] in [-1, 1] → unnormalised token vectors [B, num_tokens, codebook_dim]."""
-
-    def __init__(self, tok: TokenizerConfig, cfg: EncoderConfig) -> None:
-        super().__init__()
-        if tok.image_size % cfg.patch_size:
-            raise ValueError(f"image size {tok.image_size} is not a multiple of the encoder patch {cfg.patch_size}")
-        self.cfg = cfg
-        self.num_tokens = tok.num_tokens
-        patches = (tok.image_size // cfg.patch_size) ** 2
-        self.patchify = nn.Conv2d(tok.channels, cfg.dim, cfg.patch_size, stride=cfg.patch_size)
-        self.patch_positions = nn.Parameter(torch.zeros(1, patches, cfg.dim))
-        self.queries = nn.Parameter(torch.zeros(1, tok.num_tokens, cfg.dim))
-        self.blocks = nn.ModuleList(EncoderBlock(cfg.dim, cfg.head_dim, cfg.mlp_ratio) for _ in range(cfg.layers))
-        self.norm = plain_layer_norm(cfg.dim)
-        self.quant_in = nn.Linear(cfg.dim, tok.codebook_dim, bias=False)
-        self.register_buffer("mask", encoder_mask(patches, tok.num_tokens), persistent=False)
-        self._init()
-
-    def _init(self) -> None:
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Conv2d)):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.trunc_normal_(self.patch_positions, std=0.02)
-        nn.init.trunc_normal_(self.queries, std=0.02)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        p = self.patchify(images).flatten(2).transpose(1, 2) + self.patch_positions
-        h = torch.cat([p, self.queries.expand(p.shape[0], -1, -1)], dim=1)
-        for block in self.blocks:
-            h = block(h, self.mask)
-        return self.quant_in(self.norm(h[:, -self.num_tokens:]))
-
-
-def quantize(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L2-normalised z [..., C] → (ids [...], normalised z, normalised codes [..., C]) by cosine similarity,
-    the rule of D-AR's quantiser (nearest L2-normalised code)."""
-    zn = F.normalize(z, p=2, dim=-1)
-    cn = F.normalize(codebook, p=2, dim=-1)
-    ids = torch.argmax(zn.reshape(-1, zn.shape[-1]) @ cn.t(), dim=-1).reshape(zn.shape[:-1])
-    return ids, zn, F.embedding(ids, cn)
-
-
-@torch.no_grad()
-def encode_ids(encoder: DemoEncoder, codebook: torch.Tensor, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    """Token ids [B, num_tokens] of images [B, 3, H, W] in [-1, 1], ``batch`` images at a time."""
-    out = [quantize(encoder(images[i:i + batch]), codebook)[0] for i in range(0, len(images), batch)]
-    return torch.cat(out)
+def load_demo_tokens(folder: str | Path) -> DemoTokens:
+    """The token source saved next to a D-AR demo checkpoint (encoder.json, encoder.safetensors)."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / ENCODER_CONFIG).read_text())
+        if meta.get("kind") != KIND:
+            raise ValueError(f"kind {meta.get('kind')!r} is not {KIND!r}")
+        vq = VQEncoder(VQConfig.from_dict(meta["vq"]))
+        order = np.asarray(meta["order"], dtype=np.int64)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DartrtError(f"{folder / ENCODER_CONFIG}: not a D-AR demo token source ({exc})") from None
+    load_checked(vq, read_tensors(folder / ENCODER_WEIGHTS), str(folder / ENCODER_WEIGHTS))
+    return DemoTokens(vq.eval(), order, str(meta.get("source", "")))

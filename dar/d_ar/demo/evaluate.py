@@ -23,7 +23,7 @@ from ...demo.evaluate import REFERENCE_IMAGES, evaluate_backend
 from ...demo.metrics import classifier_features, frechet_terms, reference_features
 from ...demo.shapes import NUM_CLASSES, make_batch
 from ...demo.train_vq import images_to_tensor
-from .encoder import DemoEncoder, encode_ids
+from .encoder import DemoTokens
 
 
 def _judge(classifier, images: np.ndarray, labels: np.ndarray, reference: np.ndarray, real_fd: float) -> dict:
@@ -39,9 +39,9 @@ def _by_group(classifier, previews: np.ndarray, labels: np.ndarray, reference: n
 
 def evaluate_d_ar(engine: DARBackend, classifier_dir: str | Path, n_per_class: int = 50,
                   cfgs: tuple[float, ...] | None = None, seed: int = 0, batch_size: int = 50, progress=None,
-                  encoder: DemoEncoder | None = None) -> dict:
+                  tokens: DemoTokens | None = None) -> dict:
     """The DAR demo's report for the D-AR demo, each CFG row with ``preview_by_group``; with ``encoder``, also
-    ``reconstruction`` (the tokenizer's ceiling on real held-out images)."""
+    ``reconstruction`` given the demo's token source (the decoder's ceiling on real held-out images)."""
     kept: dict[str, np.ndarray] = {}
 
     def images_fn(backend, n, cfg, seed_, batch, on_step):
@@ -59,26 +59,23 @@ def evaluate_d_ar(engine: DARBackend, classifier_dir: str | Path, n_per_class: i
         row["preview_by_group"] = _by_group(classifier, kept[cfg], labels, reference, real_fd)
     report["preview_rule"] = ("the preview after group k is D-AR's clip_steps=k image; the last group's is the "
                               "final image")
-    if encoder is not None:
-        report["reconstruction"] = evaluate_reconstruction(engine, encoder, classifier, reference, real_fd,
+    if tokens is not None:
+        report["reconstruction"] = evaluate_reconstruction(engine, tokens, classifier, reference, real_fd,
                                                            n_per_class, seed, batch_size)
     return report
 
 
 @torch.no_grad()
-def evaluate_reconstruction(engine: DARBackend, encoder: DemoEncoder, classifier, reference: np.ndarray,
+def evaluate_reconstruction(engine: DARBackend, tokens: DemoTokens, classifier, reference: np.ndarray,
                             real_fd: float, n_per_class: int = 50, seed: int = 0, batch_size: int = 50) -> dict:
-    """Held-out real images → encoder tokens → the package's decoder: the tokenizer's ceiling."""
+    """Held-out real images → their tokens → the package's decoder: the decoder's ceiling."""
     start = time.perf_counter()
     images, labels = make_batch(range(n_per_class * NUM_CLASSES), "heldout")
-    codebook = engine.graphs.tokenizer.quantize.embedding.weight if hasattr(engine.graphs, "tokenizer") else None
-    if codebook is None:
-        raise ValueError("reconstruction needs the torch reference (its codebook)")
-    tokens = encode_ids(encoder, codebook, images_to_tensor(images)).numpy()
-    res = decode_result(engine, tokens, seed=seed, previews=True, output="uint8", batch_size=batch_size)
+    ids = tokens.encode_ids(images_to_tensor(images)).numpy()
+    res = decode_result(engine, ids, seed=seed, previews=True, output="uint8", batch_size=batch_size)
     out = {"images": len(images), "psnr_db": round(psnr_uint8(res.images, images), 2),
            **_judge(classifier, res.images, labels, reference, real_fd),
-           "codes_used": int(np.unique(tokens).size),
+           "codes_used": int(np.unique(ids).size),
            "preview_by_group": _by_group(classifier, np.stack(res.previews), labels, reference, real_fd),
            "seconds": round(time.perf_counter() - start, 1)}
     return out
