@@ -158,3 +158,12 @@ def test_manifest_whose_pair_disagrees_is_refused_at_open(tiny_d_ar_package, tmp
     Manifest(pkg, data).write()
     with pytest.raises(DartrtError, match=r"vocabulary \(64\) and the tokenizer's codebook \(128\) differ"):
         Manifest.load(pkg)
+
+
+def test_verify_refuses_a_d_ar_package_in_one_line(tiny_d_ar_package):
+    from click.testing import CliRunner
+
+    from dartrt.cli import main
+
+    result = CliRunner().invoke(main, ["verify", str(tiny_d_ar_package)])
+    assert result.exit_code == 2 and "is a D-AR package" in result.output and result.output.count("\n") == 1

@@ -72,6 +72,9 @@ def verify_package(pkg_dir: str | Path, backend: str = "onnxruntime", source: st
     settings = settings or ParitySettings()
     start = time.perf_counter()
     manifest = Manifest.load(pkg_dir)
+    if manifest.data.get("family") == "d-ar":
+        raise DartrtError(f"{pkg_dir} is a D-AR package: dartrt verify checks DAR and LlamaGen packages only; a D-AR "
+                          "package's graphs are checked against torch when it is exported (docs/d-ar.md)")
     ckpt = reference_checkpoint(manifest, source)
     options = {} if settings.threads is None else {"intra_op_threads": settings.threads}
     engine = open_package_backend(pkg_dir, backend, precision=precision, verify_hashes=False,
