@@ -40,7 +40,7 @@ def _by_group(classifier, previews: np.ndarray, labels: np.ndarray, reference: n
 def evaluate_d_ar(engine: DARBackend, classifier_dir: str | Path, n_per_class: int = 50,
                   cfgs: tuple[float, ...] | None = None, seed: int = 0, batch_size: int = 50, progress=None,
                   tokens: DemoTokens | None = None) -> dict:
-    """The DAR demo's report for the D-AR demo, each CFG row with ``preview_by_group``; with ``encoder``, also
+    """The DAR demo's report for the D-AR demo, each CFG row with ``preview_by_group``; with ``tokens``, also
     ``reconstruction`` given the demo's token source (the decoder's ceiling on real held-out images)."""
     kept: dict[str, np.ndarray] = {}
 
