@@ -123,8 +123,9 @@ def _precision_files(data: dict, precision: str | None, pkg) -> tuple[str, dict[
 def open_d_ar_package(pkg_dir: str | Path, backend: str = "auto", *, precision: str | None = None,
                       verify_hashes: bool = True, manifest: Manifest | None = None, **options) -> DARBackend:
     """A D-AR package on onnxruntime (auto/onnxruntime/onnxruntime-cpu/onnxruntime-cuda). ``options`` go to
-    both sessions' builders (intra_op_threads, optimization, log_severity, cuda_tf32); ``manifest``: the
-    package's, already loaded and checked (`runtime.package.open_package_backend` passes it)."""
+    both sessions' builders (intra_op_threads, optimization, log_severity, cuda_tf32, spinning: off unless
+    given); ``manifest``: the package's, already loaded and checked (`runtime.package.open_package_backend`
+    passes it)."""
     devices = {"auto": "auto", "onnxruntime": "auto", "onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda"}
     if backend not in devices:
         raise DartrtError(f"backend {backend!r} does not run D-AR packages: use one of {', '.join(devices)}")
@@ -139,6 +140,9 @@ def open_d_ar_package(pkg_dir: str | Path, backend: str = "auto", *, precision: 
     from .d_ar_ort import OrtARBackend, OrtTokenizerGraphs
 
     device = options.pop("device", devices[backend])
+    # The stream alternates the AR step and the tokenizer's graphs; with spinning workers each session's pool
+    # took the cores from the next (runtime.sessions; measured in docs/d-ar.md, bench).
+    options.setdefault("spinning", False)
     ar = OrtARBackend(manifest, device=device, graph_files=ar_files or None, **options)
     ar.precision = name
     if name != "fp32":

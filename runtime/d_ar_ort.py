@@ -51,9 +51,10 @@ class OrtTokenizerGraphs:
 
     def __init__(self, manifest: Manifest, spec: DARSpec, device: str = "auto", intra_op_threads: int | None = None,
                  optimization: str = "all", log_severity: int = 3, graph_files: dict[str, Path] | None = None,
-                 cuda_tf32: bool = False) -> None:
+                 cuda_tf32: bool = False, spinning: bool | None = None) -> None:
         self.spec = spec
-        self.profile = RUNTIME.but(threads=intra_op_threads, optimization=optimization, log_severity=log_severity)
+        self.profile = RUNTIME.but(threads=intra_op_threads, optimization=optimization, log_severity=log_severity,
+                                   spinning=spinning)
         paths = {g: Path((graph_files or {}).get(g) or manifest.graph(g).path) for g in (CONDITIONS, VELOCITY)}
         opened = open_graph_sessions(paths, self.profile, device, cuda_tf32)
         self.sessions: dict[str, ort.InferenceSession] = opened.sessions

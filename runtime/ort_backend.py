@@ -61,10 +61,11 @@ class OrtBackend:
 
     def __init__(self, manifest: Manifest, device: str = "auto", intra_op_threads: int | None = None,
                  optimization: str = "all", log_severity: int = 3, alias_cache: bool = True,
-                 graph_files: dict[str, Path] | None = None, cuda_tf32: bool = False) -> None:
+                 graph_files: dict[str, Path] | None = None, cuda_tf32: bool = False,
+                 spinning: bool | None = None) -> None:
         """``device``: auto (CUDA when it really starts, else the CPU), cpu or cuda. ``graph_files``
         overrides a graph's file (the FP16 or INT8 form of decode/prefill, say); ``cuda_tf32`` lets the
-        CUDA EP use TF32 (see `dartrt.runtime.sessions`)."""
+        CUDA EP use TF32; ``spinning`` False keeps idle workers from spinning (see `dartrt.runtime.sessions`)."""
         self.manifest = manifest
         self.info: ModelInfo = manifest.info
         model = manifest.data["model"]
@@ -75,7 +76,8 @@ class OrtBackend:
                             int(kv.get("head_dim", model.get("head_dim", 0))))
         self.adaln = manifest.adaln_width is not None or bool(model.get("adaln", False))
         self.alias_cache = alias_cache
-        self.profile = RUNTIME.but(threads=intra_op_threads, optimization=optimization, log_severity=log_severity)
+        self.profile = RUNTIME.but(threads=intra_op_threads, optimization=optimization, log_severity=log_severity,
+                                   spinning=spinning)
         paths = {g: Path((graph_files or {}).get(g) or manifest.graph(g).path) for g in self.GRAPHS}
         opened = open_graph_sessions(paths, self.profile, device, cuda_tf32)
         self.sessions: dict[str, ort.InferenceSession] = opened.sessions

@@ -11,7 +11,10 @@ numbers are set once:
 - TF32 off on the CUDA EP unless asked for: the EP turns it on by default, so an fp32 package would not
   compute in fp32. On an H200 (bundled demo, ORT 1.31.1) the step logits were 0.03 from the torch
   reference with TF32 (30x the fp32 bound of verify) and 1.8e-5 without;
-- one inter-op thread, sequential execution: the step graphs are a chain, extra pools only contend.
+- one inter-op thread, sequential execution: the step graphs are a chain, extra pools only contend;
+- ``spinning`` off where several sessions take turns (a D-AR package's AR step and tokenizer graphs): an
+  ORT worker spins for a while after its work, and on a small CPU the spinning pool of the session that just
+  ran takes the cores from the next one (see ``SessionProfile.spinning``).
 
 The profiles say what a session is for:
 
@@ -66,6 +69,9 @@ class SessionProfile:
     memory_arena: bool = True
     prepacking: bool = True
     log_severity: int = 3
+    # Whether idle intra-op workers spin before sleeping (ORT's default). Off for a D-AR package: its stream
+    # alternates AR steps with the tokenizer's graphs, and spinning pools contended (docs/d-ar.md, bench).
+    spinning: bool = True
 
     def __post_init__(self) -> None:
         if self.optimization not in OPT_LEVELS:
@@ -91,6 +97,8 @@ class SessionProfile:
         if not self.prepacking:
             opts.add_session_config_entry("session.disable_prepacking", "1")
         opts.add_session_config_entry("session.x64quantprecision", "1")  # exact INT8 GEMMs (module doc)
+        if not self.spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
 

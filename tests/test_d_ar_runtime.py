@@ -206,3 +206,25 @@ def test_bench_splits_ar_and_decoder(tiny_d_ar_package):
         assert 0 < batch[part]["floor_s"] < batch[part]["seconds"], part
     assert batch["velocity_call"]["flops"] == 2 * report["velocity_flops_per_image"]["total"]
     assert batch["decoder"]["velocity_calls"] == 4
+
+
+def test_a_d_ar_package_opens_its_sessions_without_spinning_workers(tiny_d_ar_package):
+    """The stream alternates the AR step and the tokenizer's graphs; spinning ORT workers of one session took the
+    cores from the next (docs/d-ar.md, bench: generations 2x faster at batch 1 without). Other packages keep
+    ORT's default."""
+    from dartrt.runtime.d_ar import open_d_ar_package
+    from dartrt.runtime.sessions import RUNTIME
+
+    def allow_spinning(options) -> str | None:
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: ORT's default, spinning
+            return None
+
+    engine = open_d_ar_package(tiny_d_ar_package, "onnxruntime-cpu")
+    sessions = [*engine.ar.sessions.values(), *engine.graphs.sessions.values()]
+    assert len(sessions) == 4
+    assert {allow_spinning(s.get_session_options()) for s in sessions} == {"0"}
+    spinning = open_d_ar_package(tiny_d_ar_package, "onnxruntime-cpu", spinning=True)
+    assert allow_spinning(spinning.graphs.sessions["velocity"].get_session_options()) is None
+    assert RUNTIME.spinning and allow_spinning(RUNTIME.options()) is None
