@@ -67,6 +67,9 @@ class DemoTokens:
         grids = [self.vq.encode_indices(images[i:i + batch]).flatten(1) for i in range(0, len(images), batch)]
         return torch.cat(grids)[:, order]
 
+    # The name the DAR demo's `dar.demo.train.tokenize` calls, which makes the GPT's training set from it.
+    encode_to_indices = encode_ids
+
     def grid_of(self, ids: np.ndarray) -> np.ndarray:
         """Token ids [B, num_tokens] back to the VQ's code grid [B, G, G]."""
         grid = int(round(len(self.order) ** 0.5))

@@ -30,14 +30,13 @@ from dartrt.runtime.errors import DartrtError
 from dartrt.runtime.fileio import atomic_write_json
 
 from ...config import ModelConfig
-from ...demo.shapes import CLASS_NAMES, make_batch
-from ...demo.train import SAVE_RESERVE_S, _fill_budget
+from ...demo.shapes import CLASS_NAMES
+from ...demo.train import SAVE_RESERVE_S, _fill_budget, tokenize
 from ...demo.train_dar import TrainDAROptions, train_dar
-from ...demo.train_vq import images_to_tensor
 from ..checkpoint import save_d_ar_checkpoint
 from ..config import TokenizerConfig, get_tokenizer_preset
 from ..tokenizer import build_tokenizer
-from .encoder import DemoTokens, tokens_from_dar_demo
+from .encoder import tokens_from_dar_demo
 from .train_decoder import TrainDecoderOptions, train_decoder
 
 
@@ -90,17 +89,6 @@ def recipe_from_dict(data: dict) -> DemoDARRecipe:
     data["decoder_train"] = TrainDecoderOptions(**data["decoder_train"])
     data["gpt"] = TrainDAROptions(**data["gpt"])
     return DemoDARRecipe(**data)
-
-
-def tokenize(tokens: DemoTokens, n_images: int, batch: int = 500, split: str = "train"
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids [n, num_tokens] and labels of the first ``n_images`` images of ``split``."""
-    ids, labels = [], []
-    for start in range(0, n_images, batch):
-        images, lab = make_batch(range(start, min(start + batch, n_images)), split)
-        ids.append(tokens.encode_ids(images_to_tensor(images)).numpy())
-        labels.append(lab)
-    return np.concatenate(ids), np.concatenate(labels)
 
 
 def train_demo_dar(out: str | Path, recipe: DemoDARRecipe | None = None, progress: bool = True, log=print,
